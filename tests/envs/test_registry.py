@@ -1,0 +1,54 @@
+"""Registry: ids, gymnasium integration, typo suggestions, missing engines, the list CLI."""
+
+import json
+import subprocess
+import sys
+
+import gymnasium
+import pytest
+
+import madopd_envs
+from madopd_envs.core import TextEnv
+from madopd_envs.registry import EnvCard, MissingEngineError, UnknownEnvError
+
+
+def test_unknown_id_suggests_close_matches():
+    with pytest.raises(UnknownEnvError, match="Did you mean 'madopd/TWX-CookingWorld-v0'"):
+        madopd_envs.make("madopd/TWX-CookingWorlds-v0")
+
+
+def test_bad_id_is_rejected():
+    with pytest.raises(ValueError, match="madopd/<Name>-v<N>"):
+        madopd_envs.register("CookingWorld", "madopd_envs.core:TextEnv")
+
+
+def test_missing_engine_names_the_install_command():
+    madopd_envs.register("madopd/NeedsMissing-v0", TextEnv,
+                         card=EnvCard(family="x", extra="nothere", requires=("no_such_engine_module",)))
+    with pytest.raises(MissingEngineError, match=r"pip install 'madopd\[nothere\]'"):
+        madopd_envs.make("madopd/NeedsMissing-v0")
+
+
+def test_gymnasium_make_reaches_the_same_env():
+    env = gymnasium.make("madopd/TWX-Coin-v0")
+    try:
+        obs, info = env.reset(seed=3)
+        assert isinstance(env.unwrapped, TextEnv) and info["task_id"].startswith("test-")
+        assert env.unwrapped.max_episode_steps == madopd_envs.spec("madopd/TWX-Coin-v0").max_episode_steps
+    finally:
+        env.close()
+
+
+def test_list_json_names_every_registered_env():
+    out = subprocess.run([sys.executable, "-m", "madopd_envs", "list", "--json"], capture_output=True, text=True,
+                         check=True).stdout
+    rows = json.loads(out)
+    assert {r["id"] for r in rows} == {s.id for s in madopd_envs.registered() if s.id != "madopd/NeedsMissing-v0"}
+    for r in rows:
+        assert set(r) == {"id", "family", "splits", "available"}
+        assert isinstance(r["available"], bool) and isinstance(r["splits"], dict)
+
+
+def test_list_table_runs():
+    out = subprocess.run([sys.executable, "-m", "madopd_envs", "list"], capture_output=True, text=True, check=True)
+    assert "madopd/TWX-CookingWorld-v0" in out.stdout

@@ -1,0 +1,100 @@
+"""MAD-OPD mechanics: confidence tags -> weights, the debate protocol, the privileged transcript."""
+
+import copy
+import math
+
+import pytest
+
+from madopd_distill.methods.debate import (DEBATE_END, DEBATE_START, confidence_weights, parse_confidence,
+                                           run_debate, scoring_context)
+
+
+def test_parse_confidence_takes_last_valid_tag():
+    assert parse_confidence("I think X. <<CONFIDENCE=85>>") == 85.0
+    assert parse_confidence("<<CONFIDENCE=10>> then revised <<CONFIDENCE=60>>") == 60.0
+    assert parse_confidence("confidence: 90") is None  # only the exact tag counts
+    assert parse_confidence("<<CONFIDENCE=150>>") is None  # outside 0..100
+    assert parse_confidence("") is None and parse_confidence("<<CONFIDENCE=0>>") == 0.0
+
+
+def test_confidence_weights_eq7_and_uniform_fallback():
+    w = confidence_weights([90, 40], tau=1.0)
+    e = [math.exp(0.9), math.exp(0.4)]
+    assert w == pytest.approx([e[0] / sum(e), e[1] / sum(e)])
+    assert w[0] == pytest.approx(0.6225, abs=1e-4)
+    # a lower tau sharpens the weights
+    assert confidence_weights([90, 40], tau=0.1)[0] == pytest.approx(1 / (1 + math.exp(-5)))
+    assert confidence_weights([100, 0], tau=1.0)[0] == pytest.approx(0.7311, abs=1e-4)  # flat at tau=1
+    assert confidence_weights([70, None, 20]) == [1 / 3] * 3
+    assert sum(confidence_weights([1, 2, 3, 4])) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        confidence_weights([50, 50], tau=0)
+
+
+class ScriptedTeacher:
+    """Replies from a list per round and records every prompt it was shown."""
+
+    def __init__(self, name, replies):
+        self.name, self.replies, self.seen = name, list(replies), []
+
+    def __call__(self, convs):
+        r = len(self.seen)
+        self.seen.append(copy.deepcopy(convs))
+        return [self.replies[r].format(i=i) for i in range(len(convs))]
+
+
+STATE = [{"role": "system", "content": "You play a text game."},
+         {"role": "user", "content": "You are in the kitchen. Goal: cook the meal."}]
+
+
+def test_debate_rounds_blind_then_revision_and_weights():
+    a = ScriptedTeacher("A", ["A1 open fridge", "A2 take knife <<CONFIDENCE=90>>"])
+    b = ScriptedTeacher("B", ["B1 go north", "B2 open fridge <<CONFIDENCE=40>>"])
+    states = [copy.deepcopy(STATE), copy.deepcopy(STATE)]
+    debates = run_debate(states, [a, b], rounds=2, tau=1.0)
+    assert states == [STATE, STATE]  # states untouched
+    # round 1 is blind: no teacher sees another's reply
+    r1_a = a.seen[0][0][-1]["content"]
+    assert "B1" not in r1_a and "A1" not in r1_a and "<<CONFIDENCE=N>>" in r1_a
+    # round 2: each teacher sees the full round-1 transcript and its own identity
+    r2_b = b.seen[1][0][-1]["content"]
+    assert "[Expert A Round 1]: A1 open fridge" in r2_b and "[Expert B Round 1]: B1 go north" in r2_b
+    assert "You are Expert B" in r2_b
+    d = debates[0]
+    assert d.replies == [["A1 open fridge", "B1 go north"], ["A2 take knife <<CONFIDENCE=90>>",
+                                                             "B2 open fridge <<CONFIDENCE=40>>"]]
+    assert d.confidences == [90.0, 40.0] and d.weights == pytest.approx(confidence_weights([90, 40]))
+    h = d.transcript()
+    assert h.startswith(DEBATE_START) and h.endswith(DEBATE_END) and "[Expert B Round 2]" in h
+
+
+def test_missing_tag_gives_uniform_and_three_teachers():
+    ts = [ScriptedTeacher(n, ["x", f"{n} <<CONFIDENCE=80>>" if n != "C" else "no tag"]) for n in "ABC"]
+    d = run_debate([STATE], ts, rounds=2)[0]
+    assert d.confidences == [80.0, 80.0, None] and d.weights == [1 / 3] * 3
+    assert "[Expert C Round 2]: no tag" in d.transcript()
+    # R=1: the round-1 reply is the last round and carries the tag
+    d1 = run_debate([STATE], [ScriptedTeacher("A", ["<<CONFIDENCE=100>>"]), ScriptedTeacher("B", ["<<CONFIDENCE=0>>"])],
+                    rounds=1)[0]
+    assert d1.weights[0] > d1.weights[1]
+    # dynamic weights off: uniform whatever the tags say
+    d2 = run_debate([STATE], [ScriptedTeacher("A", ["<<CONFIDENCE=100>>"]), ScriptedTeacher("B", ["<<CONFIDENCE=0>>"])],
+                    rounds=1, dynamic_weights=False)[0]
+    assert d2.weights == [0.5, 0.5]
+    with pytest.raises(ValueError, match=">= 2 teachers"):
+        run_debate([STATE], ts[:1])
+
+
+def test_transcript_only_reaches_teachers():
+    a = ScriptedTeacher("A", ["SECRET-A1", "SECRET-A2 <<CONFIDENCE=70>>"])
+    b = ScriptedTeacher("B", ["SECRET-B1", "SECRET-B2 <<CONFIDENCE=30>>"])
+    student_state = copy.deepcopy(STATE)
+    d = run_debate([student_state], [a, b], rounds=2)[0]
+    ctx_a = scoring_context(student_state, d.transcript(), 0)
+    ctx_b = scoring_context(student_state, d.transcript(), 1)
+    assert "SECRET-A2" in ctx_a[-1]["content"] and "You are Expert A" in ctx_a[-1]["content"]
+    assert "You are Expert B" in ctx_b[-1]["content"]
+    assert student_state == STATE  # building teacher contexts never writes into the student's state
+    assert "SECRET" not in repr(student_state) and DEBATE_START not in repr(student_state)
+    new_user = scoring_context(student_state, d.transcript(), 0, placement="new_user")
+    assert new_user[:-1] == STATE and new_user[-1]["role"] == "user"

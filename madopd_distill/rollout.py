@@ -1,0 +1,581 @@
+"""On-policy multi-turn rollouts: who wrote which tokens, and what the student may be trained on.
+
+A :class:`Trajectory` is one episode of one task: an ordered list of :class:`Turn` s. Each turn
+records its *role* (who produced it: ``prompt``, ``env``, ``student``, ``teacher``), its
+*provenance* (how: sampled, replayed expert action, env observation...), its token ids, the
+sampler's per-token log-probs and a per-token loss mask. The mask is ``True`` only on tokens the
+student sampled itself; prompt, observation and teacher/expert-written tokens are never trained on
+(unless a method says otherwise and sets the mask itself).
+
+Every *sampled* turn (student, or a teacher model) also keeps the exact token context it continued
+(``context_ids``, straight from the agent's ``ActionOutput.prompt_token_ids``) and the
+conversation it saw (``context``). Training samples are built from these (:func:`to_samples`):
+
+- ``turn`` mode: one sample per student turn = its context + its tokens. Always exact, whatever
+  the prompt format does with history (truncation, stripped thoughts).
+- ``trajectory`` mode: one sample per trajectory = the last context + its completion, with every
+  student turn's tokens unmasked. Exact only when each context extends the previous context plus
+  the previous completion token for token (``Trajectory.contiguous``); otherwise that trajectory
+  falls back to ``turn`` mode, and the sample says so.
+
+The collector (:class:`RolloutCollector`) runs episodes in ``madopd_envs.make_vec`` workers;
+a method shapes each episode with a :class:`RolloutPlan` (who writes turn ``t``, how many env steps).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Sequence
+
+from madopd_agents.base import ActionOutput, Agent, Conversation, SamplingParams
+
+Role = Literal["prompt", "env", "student", "teacher"]
+# Who writes a turn: the student (sampled, trained on), a teacher model (sampled, not trained on),
+# or the env's expert (``info["expert_action"]``, replayed as text, not trained on).
+Writer = Literal["student", "teacher", "expert"]
+ROLES: tuple[str, ...] = ("prompt", "env", "student", "teacher")
+
+
+@dataclass
+class Turn:
+    """One segment of a trajectory.
+
+    Attributes:
+        role: who produced it -- ``prompt`` (system + first observation), ``env`` (an observation),
+            ``student`` or ``teacher`` (a generated action turn; expert replays are ``teacher``).
+        text: the segment's text (for generated turns: the full reply, thoughts included).
+        token_ids: its tokens. Generated turns: exactly the sampled tokens. ``prompt``/``env``
+            turns: the tokens they added to the next context where that is known (contiguous
+            trajectories), else empty.
+        logprobs: the sampler's log-probability of each token (generated turns), else ``None``.
+        loss_mask: per token, train the student on it. Default: all ``True`` for student turns,
+            all ``False`` otherwise.
+        provenance: how it was made: ``"sampled"`` (student), ``"teacher_sampled"``, ``"expert"``
+            (replayed ``info["expert_action"]``), ``"observation"``, ``"system"``.
+        env_step: the env step this turn belongs to (the action of step ``k`` and the observation it
+            produced share ``k``; the initial prompt is step 0).
+        context_ids: generated turns: the exact token context the turn continued.
+        context: generated turns: the conversation (chat messages) that context renders.
+        action: generated turns: the action extracted from ``text`` and sent to the env.
+        info: small per-turn facts (``action_valid``, ``reward``, ``finish_reason``...).
+    """
+
+    role: Role
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] | None = None
+    loss_mask: list[bool] | None = None
+    provenance: str = ""
+    env_step: int = 0
+    context_ids: list[int] | None = None
+    context: Conversation | None = None
+    action: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"unknown turn role {self.role!r}; known: {ROLES}")
+        if self.loss_mask is None:
+            self.loss_mask = [self.role == "student"] * len(self.token_ids)
+        if len(self.loss_mask) != len(self.token_ids):
+            raise ValueError(f"loss_mask has {len(self.loss_mask)} entries for {len(self.token_ids)} tokens")
+        if self.logprobs is not None and len(self.logprobs) != len(self.token_ids):
+            raise ValueError(f"logprobs has {len(self.logprobs)} entries for {len(self.token_ids)} tokens")
+
+    @property
+    def sampled(self) -> bool:
+        """A model sampled it (student or teacher model), so its exact context and tokens are known.
+
+        Replayed expert actions are ``teacher`` turns that are not sampled: their text reaches the
+        next context through the prompt format, and they carry no ``context_ids``.
+        """
+        return self.context_ids is not None
+
+
+@dataclass
+class Trajectory:
+    """One episode of one task.
+
+    Attributes:
+        task_id: the env task played.
+        group_id: rollouts of the same task in one batch share it (GRPO-style group sampling).
+        turns: the segments in order.
+        rewards: the env reward of each step.
+        won: the env said the task is solved.
+        score: the env's final normalised score in ``[0, 1]``.
+        env_id: the environment.
+        split: the split the task came from.
+        truncated: the episode hit a step limit (env's or the plan's) before terminating.
+        error: why the episode broke (a dead worker...), else ``None``; errored episodes are kept
+            for the record and dropped from training by :func:`to_samples`.
+        meta: anything a method wants to carry (e.g. the B2F replay length).
+    """
+
+    task_id: str
+    group_id: int = 0
+    turns: list[Turn] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+    won: bool = False
+    score: float = 0.0
+    env_id: str = ""
+    split: str = ""
+    truncated: bool = False
+    error: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sampled_turns(self) -> list[Turn]:
+        return [t for t in self.turns if t.sampled]
+
+    @property
+    def student_turns(self) -> list[Turn]:
+        return [t for t in self.turns if t.role == "student"]
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.rewards)
+
+    @property
+    def total_reward(self) -> float:
+        return float(sum(self.rewards))
+
+    @property
+    def contiguous(self) -> bool:
+        """Each sampled turn's context extends the previous context + completion, token for token."""
+        prev: list[int] | None = None
+        for t in self.sampled_turns:
+            if t.context_ids is None:
+                return False
+            if prev is not None and t.context_ids[: len(prev)] != prev:
+                return False
+            prev = t.context_ids + t.token_ids
+        return True
+
+    def token_ids(self) -> list[int]:
+        """The whole episode as one token sequence (contiguous trajectories only)."""
+        gen = self.sampled_turns
+        if not gen:
+            return []
+        if not self.contiguous:
+            raise ValueError(f"trajectory of {self.task_id} is not contiguous: its turns have separate contexts")
+        return list(gen[-1].context_ids) + list(gen[-1].token_ids)
+
+    def turn_boundaries(self) -> list[tuple[int, int]]:
+        """``(start, end)`` token offsets of every turn in :meth:`token_ids` (contiguous only).
+
+        A sampled turn spans its tokens. Every other turn (prompt, observation, replayed expert
+        action) spans the gap up to the next sampled turn's context; where several such turns share
+        one gap (an expert action followed by its observation), the last one gets the gap and the
+        earlier ones an empty span: their exact token split is not known without re-tokenising.
+        """
+        seq_len = len(self.token_ids())
+        spans: list[tuple[int, int]] = []
+        cursor = 0
+        for i, t in enumerate(self.turns):
+            if t.sampled:
+                start = len(t.context_ids)
+                spans.append((start, start + len(t.token_ids)))
+                cursor = spans[-1][1]
+                continue
+            nxt = next((j for j in range(i + 1, len(self.turns)) if self.turns[j].sampled), None)
+            if nxt is not None and nxt != i + 1:  # another non-sampled turn follows in this gap
+                spans.append((cursor, cursor))
+            else:
+                end = len(self.turns[nxt].context_ids) if nxt is not None else seq_len
+                spans.append((cursor, end))
+                cursor = end
+        return spans
+
+
+@dataclass
+class Sample:
+    """One training sequence: the student is trained on ``input_ids[t]`` where ``loss_mask[t]``.
+
+    Attributes:
+        input_ids: context + completion tokens.
+        loss_mask: per token, whether the student is trained on it (only student-sampled tokens).
+        sampler_logprobs: per token, the sampler's log-prob (0.0 where not sampled by the student).
+        traj_index: index of the source trajectory in the step's trajectory list.
+        turn_indices: indices (in ``Trajectory.turns``) of the student turns it trains on.
+        teacher_input_ids: the teacher's own token sequence, where a method gives the teacher a
+            different context (privileged information); ``None``: the teacher sees ``input_ids``.
+        teacher_loss_mask: with ``teacher_input_ids``: the positions that correspond, in order, to
+            the ``True`` positions of ``loss_mask`` (same count, same tokens).
+        mode: ``"turn"`` or ``"trajectory"``.
+        meta: method extras (e.g. per-sample teacher weights).
+    """
+
+    input_ids: list[int]
+    loss_mask: list[bool]
+    sampler_logprobs: list[float]
+    traj_index: int = 0
+    turn_indices: list[int] = field(default_factory=list)
+    teacher_input_ids: list[int] | None = None
+    teacher_loss_mask: list[bool] | None = None
+    mode: str = "turn"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.input_ids)
+        if len(self.loss_mask) != n or len(self.sampler_logprobs) != n:
+            raise ValueError("input_ids, loss_mask and sampler_logprobs must have the same length")
+        if self.loss_mask and self.loss_mask[0]:
+            raise ValueError("the first token has no context: it cannot be trained on")
+        if self.teacher_input_ids is not None:
+            if self.teacher_loss_mask is None or len(self.teacher_loss_mask) != len(self.teacher_input_ids):
+                raise ValueError("teacher_input_ids needs a teacher_loss_mask of the same length")
+            ours = [x for x, m in zip(self.input_ids, self.loss_mask) if m]
+            theirs = [x for x, m in zip(self.teacher_input_ids, self.teacher_loss_mask) if m]
+            if ours != theirs:
+                raise ValueError("the teacher's scored tokens must be the student's trained tokens, in order")
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.loss_mask)
+
+
+def turn_sample(traj: Trajectory, traj_index: int, turn_index: int) -> Sample:
+    """The sample of one student turn: its exact context + its sampled tokens."""
+    t = traj.turns[turn_index]
+    if t.context_ids is None:
+        raise ValueError(f"turn {turn_index} of {traj.task_id} has no context_ids: cannot train on it")
+    ctx = list(t.context_ids)
+    return Sample(
+        input_ids=ctx + list(t.token_ids),
+        loss_mask=[False] * len(ctx) + list(t.loss_mask),
+        sampler_logprobs=[0.0] * len(ctx) + list(t.logprobs or [0.0] * len(t.token_ids)),
+        traj_index=traj_index,
+        turn_indices=[turn_index],
+        mode="turn",
+    )
+
+
+def trajectory_sample(traj: Trajectory, traj_index: int) -> Sample:
+    """The whole (contiguous) trajectory as one sample; every student token unmasked."""
+    ids = traj.token_ids()
+    mask, lps, turn_indices = [False] * len(ids), [0.0] * len(ids), []
+    for i, t in enumerate(traj.turns):
+        if not t.sampled:
+            continue
+        start = len(t.context_ids)
+        for j, (m, lp) in enumerate(zip(t.loss_mask, t.logprobs or [0.0] * len(t.token_ids))):
+            mask[start + j], lps[start + j] = m, lp if m else 0.0
+        if any(t.loss_mask):
+            turn_indices.append(i)
+    return Sample(ids, mask, lps, traj_index=traj_index, turn_indices=turn_indices, mode="trajectory")
+
+
+def to_samples(trajectories: Sequence[Trajectory], mode: Literal["turn", "trajectory"] = "trajectory") -> list[Sample]:
+    """Training samples of the student turns of ``trajectories`` (errored episodes are skipped).
+
+    ``trajectory`` mode falls back to ``turn`` mode for a trajectory that is not contiguous.
+    Samples with no trainable token are dropped.
+    """
+    if mode not in ("turn", "trajectory"):
+        raise ValueError(f"sample mode is 'turn' or 'trajectory', got {mode!r}")
+    out: list[Sample] = []
+    for k, traj in enumerate(trajectories):
+        if traj.error is not None:
+            continue
+        if mode == "trajectory" and traj.contiguous and traj.sampled_turns:
+            samples = [trajectory_sample(traj, k)]
+        else:
+            samples = [turn_sample(traj, k, i) for i, t in enumerate(traj.turns) if t.role == "student"]
+        out.extend(s for s in samples if s.num_tokens > 0)
+    return out
+
+
+# -- the prompt layer ------------------------------------------------------------------------------
+class PromptFormat:
+    """How env text becomes a conversation and a reply becomes an action (a minimal default).
+
+    The project's prompt layer belongs to ``madopd_envs``/``madopd_agents``; until a family-aware one
+    is wired in, this plain format is used: a system message, the observation (plus the admissible
+    actions when the env lists them) as user messages, the whole history kept -- so contexts stay
+    contiguous -- and the action is the reply's first non-empty line. Subclass to change any step.
+    """
+
+    system = ("You are an agent in a text environment. Reply with exactly one action, "
+              "chosen from the admissible actions when they are listed.")
+
+    def __init__(self, show_admissible: bool = True, system: str | None = None):
+        self.show_admissible = show_admissible
+        if system is not None:
+            self.system = system
+
+    def observation(self, obs: str, info: dict[str, Any]) -> str:
+        text = obs.strip()
+        acts = info.get("admissible_actions")
+        if self.show_admissible and acts:
+            text += "\nAdmissible actions: " + ", ".join(acts)
+        return text
+
+    def initial(self, obs: str, info: dict[str, Any]) -> Conversation:
+        task = info.get("task") or ""
+        first = (f"Task: {task}\n" if task and task not in obs else "") + self.observation(obs, info)
+        return [{"role": "system", "content": self.system}, {"role": "user", "content": first}]
+
+    def observe(self, conversation: Conversation, obs: str, info: dict[str, Any]) -> Conversation:
+        return conversation + [{"role": "user", "content": self.observation(obs, info)}]
+
+    def reply(self, conversation: Conversation, text: str) -> Conversation:
+        return conversation + [{"role": "assistant", "content": text}]
+
+    def parse_action(self, text: str) -> str:
+        for line in text.splitlines():
+            if line.strip():
+                return line.strip()
+        return text.strip()
+
+    def format_action(self, action: str) -> str:
+        """An expert's action written as the reply the student should have given."""
+        return action
+
+
+# -- collection ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Episode:
+    """One episode to play: a task, its group (same task, several rollouts) and its split."""
+
+    task_id: str
+    group_id: int = 0
+    split: str = "train"
+
+
+@dataclass
+class RolloutPlan:
+    """How a method shapes one episode (default: the student writes every turn).
+
+    Attributes:
+        writer: ``(turn_index, info) -> "student" | "teacher" | "expert"``: who writes action turn
+            ``turn_index`` (0-based) given the env's latest info. ``expert`` replays
+            ``info["expert_action"]`` (the collector's envs must be made with ``expert=True``);
+            when the env has no expert action there, the student writes the turn instead and
+            the turn's ``info["expert_missing"]`` says so. ``teacher`` samples from the
+            collector's ``teacher_agent``.
+        max_env_steps: end the episode (truncated) after this many env steps.
+        max_student_turns: end the episode after this many student turns (TCOD F2B depth).
+        meta: copied into ``Trajectory.meta``.
+    """
+
+    writer: Callable[[int, dict[str, Any]], Writer] | None = None
+    max_env_steps: int | None = None
+    max_student_turns: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def group_episodes(task_ids: Sequence[str], group_size: int, split: str = "train", first_group: int = 0) -> list[Episode]:
+    """``group_size`` episodes per task, consecutive, each task its own ``group_id``."""
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    return [Episode(t, first_group + g, split) for g, t in enumerate(task_ids) for _ in range(group_size)]
+
+
+class TaskSampler:
+    """Draws the tasks of each training step from a split, reproducibly (seeded by the step)."""
+
+    def __init__(self, task_ids: Sequence[str], seed: int = 0):
+        if not task_ids:
+            raise ValueError("TaskSampler needs at least one task id")
+        self.task_ids, self.seed = list(task_ids), seed
+
+    def sample(self, step: int, num_tasks: int) -> list[str]:
+        rng = random.Random(self.seed * 1_000_003 + step)
+        if num_tasks <= len(self.task_ids):
+            return rng.sample(self.task_ids, num_tasks)
+        return [rng.choice(self.task_ids) for _ in range(num_tasks)]
+
+
+@dataclass
+class RolloutStats:
+    """What one ``collect`` call cost."""
+
+    episodes: int = 0
+    env_steps: int = 0
+    sampled_tokens: int = 0
+    seconds: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.sampled_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+class _Live:
+    """The running state of one env slot in a wave."""
+
+    def __init__(self, episode: Episode, plan: RolloutPlan, env_id: str):
+        self.episode, self.plan = episode, plan
+        self.traj = Trajectory(task_id=episode.task_id, group_id=episode.group_id, env_id=env_id,
+                               split=episode.split, meta=dict(plan.meta))
+        self.conv: Conversation = []
+        self.info: dict[str, Any] = {}
+        self.done = False
+        self.action_turns = 0
+        self.student_turns = 0
+        self.prev_seq: list[int] | None = None  # context + tokens of the last sampled turn
+        self.expert_missing = False
+
+
+class RolloutCollector:
+    """Plays episodes with the student (and, where a plan says so, a teacher or the expert).
+
+    Args:
+        env_id: a registered ``madopd/...`` id.
+        num_envs: worker processes (episodes run in waves of this size).
+        student: the policy being trained (an ``Agent`` that returns token ids and logprobs).
+        sampling: the student's sampling parameters (``n`` must be 1: groups are separate episodes).
+        prompt: the prompt format (default :class:`PromptFormat`).
+        teacher_agent: writes the turns a plan gives to ``"teacher"`` (same tokenizer as the student).
+        expert: make the envs with ``expert=True`` so ``info["expert_action"]`` is available.
+        max_env_steps: default per-episode step cap (a plan may lower it).
+        env_kwargs: passed to ``make_vec``/``make``.
+    """
+
+    def __init__(self, env_id: str, num_envs: int, student: Agent, sampling: SamplingParams, *,
+                 prompt: PromptFormat | None = None, teacher_agent: Agent | None = None,
+                 expert: bool = False, max_env_steps: int | None = None,
+                 env_kwargs: dict[str, Any] | None = None):
+        from madopd_envs import make_vec
+
+        if sampling.n != 1:
+            raise ValueError("RolloutCollector samples one reply per conversation; use group_size for groups")
+        self.env_id, self.num_envs = env_id, num_envs
+        self.student, self.sampling, self.teacher_agent = student, sampling, teacher_agent
+        self.prompt = prompt or PromptFormat()
+        self.expert, self.max_env_steps = expert, max_env_steps
+        self.vec = make_vec(env_id, num_envs, expert=expert, **(env_kwargs or {}))
+        self.last_stats = RolloutStats()
+
+    def close(self) -> None:
+        self.vec.close()
+
+    def __enter__(self) -> RolloutCollector:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def collect(self, episodes: Sequence[Episode], plans: Sequence[RolloutPlan] | None = None) -> list[Trajectory]:
+        """Play ``episodes`` (in order; ``plans[i]`` shapes episode ``i``) and return their trajectories."""
+        plans = list(plans) if plans is not None else [RolloutPlan() for _ in episodes]
+        if len(plans) != len(episodes):
+            raise ValueError(f"{len(episodes)} episodes but {len(plans)} plans")
+        stats, t0 = RolloutStats(episodes=len(episodes)), time.perf_counter()
+        out: list[Trajectory] = []
+        for start in range(0, len(episodes), self.num_envs):
+            wave = [_Live(e, p, self.env_id) for e, p in zip(episodes[start:start + self.num_envs],
+                                                              plans[start:start + self.num_envs])]
+            self._play(wave, stats)
+            out.extend(live.traj for live in wave)
+        stats.seconds = time.perf_counter() - t0
+        self.last_stats = stats
+        return out
+
+    # -- one wave ---------------------------------------------------------------------------------
+    def _play(self, wave: list[_Live], stats: RolloutStats) -> None:
+        idx = list(range(len(wave)))
+        obs, infos = self.vec.reset(options=[{"task_id": lv.episode.task_id, "split": lv.episode.split} for lv in wave],
+                                    indices=idx)
+        for lv, o, info in zip(wave, obs, infos):
+            if o is None:
+                lv.traj.error, lv.done = info.get("error", "reset failed"), True
+                continue
+            lv.info = info
+            lv.conv = self.prompt.initial(o, info)
+            lv.traj.turns.append(Turn("prompt", text=o, provenance="system", env_step=0))
+        while True:
+            active = [i for i in idx if not wave[i].done]
+            if not active:
+                return
+            writers = {i: self._writer(wave[i]) for i in active}
+            actions: list[str | None] = [None] * self.num_envs
+            for who in ("student", "teacher"):
+                ids = [i for i in active if writers[i] == who]
+                if ids:
+                    self._sample(who, [wave[i] for i in ids], stats)
+            for i in active:
+                if writers[i] == "expert":
+                    self._expert_turn(wave[i])
+                actions[i] = wave[i].traj.turns[-1].action
+            obs, rewards, term, trunc, infos = self.vec.step(actions)
+            stats.env_steps += len(active)
+            for i in active:
+                self._observe(wave[i], obs[i], float(rewards[i]), bool(term[i]), bool(trunc[i]), infos[i])
+
+    def _writer(self, lv: _Live) -> Writer:
+        who = lv.plan.writer(lv.action_turns, lv.info) if lv.plan.writer is not None else "student"
+        if who not in ("student", "teacher", "expert"):
+            raise ValueError(f"a plan's writer returned {who!r}; expected 'student', 'teacher' or 'expert'")
+        if who == "expert" and not self.expert:
+            raise ValueError("a plan asks for expert turns but the collector's envs were made without expert=True")
+        lv.expert_missing = who == "expert" and not lv.info.get("expert_action")
+        if lv.expert_missing:  # off the expert's path: the student carries on, and the turn says so
+            return "student"
+        if who == "teacher" and self.teacher_agent is None:
+            raise ValueError("a plan asks for teacher-written turns but the collector has no teacher_agent")
+        return who
+
+    def _sample(self, who: Writer, lives: list[_Live], stats: RolloutStats) -> None:
+        agent = self.student if who == "student" else self.teacher_agent
+        outs: list[ActionOutput] = agent.act([lv.conv for lv in lives], self.sampling, [lv.info for lv in lives])
+        if len(outs) != len(lives):
+            raise RuntimeError(f"{agent.name} returned {len(outs)} outputs for {len(lives)} conversations")
+        for lv, o in zip(lives, outs):
+            if o.prompt_token_ids is None or len(o.logprobs) != len(o.token_ids):
+                raise ValueError(f"{agent.name} must return prompt_token_ids and one logprob per token for on-policy rollouts")
+            ctx = list(o.prompt_token_ids)
+            self._fill_gap(lv, ctx)
+            turn = Turn(who, text=o.text, token_ids=list(o.token_ids), logprobs=list(o.logprobs),
+                        provenance="sampled" if who == "student" else "teacher_sampled",
+                        env_step=lv.action_turns + 1, context_ids=ctx, context=[dict(m) for m in lv.conv],
+                        action=self.prompt.parse_action(o.text),
+                        info={"finish_reason": o.finish_reason, "expert_missing": lv.expert_missing})
+            lv.traj.turns.append(turn)
+            lv.prev_seq = ctx + turn.token_ids
+            lv.conv = self.prompt.reply(lv.conv, o.text)
+            if who == "student":
+                lv.student_turns += 1
+                stats.sampled_tokens += len(o.token_ids)
+
+    def _fill_gap(self, lv: _Live, ctx: list[int]) -> None:
+        """Give the prompt/observation turn before this sampled turn the tokens it added to ``ctx``."""
+        gap_turn = lv.traj.turns[-1] if lv.traj.turns and not lv.traj.turns[-1].sampled else None
+        if gap_turn is None:
+            return
+        prev = lv.prev_seq or []
+        if ctx[: len(prev)] == prev:
+            gap_turn.token_ids = ctx[len(prev):]
+            gap_turn.loss_mask = [False] * len(gap_turn.token_ids)
+
+    def _expert_turn(self, lv: _Live) -> None:
+        action = lv.info["expert_action"]
+        text = self.prompt.format_action(action)
+        lv.traj.turns.append(Turn("teacher", text=text, provenance="expert", env_step=lv.action_turns + 1,
+                                  action=action))
+        lv.conv = self.prompt.reply(lv.conv, text)
+
+    def _observe(self, lv: _Live, obs: str | None, reward: float, terminated: bool, truncated: bool,
+                 info: dict[str, Any]) -> None:
+        lv.action_turns += 1
+        last = lv.traj.turns[-1]
+        last.info["reward"] = reward
+        if "error" in info:
+            lv.traj.error, lv.traj.truncated, lv.done = info["error"], True, True
+            return
+        last.info["action_valid"] = bool(info.get("action_valid", True))
+        lv.info = info
+        lv.traj.rewards.append(reward)
+        lv.traj.won = bool(info.get("won", False))
+        lv.traj.score = float(info.get("score", 0.0))
+        lv.traj.turns.append(Turn("env", text=obs or "", provenance="observation", env_step=lv.action_turns))
+        lv.conv = self.prompt.observe(lv.conv, obs or "", info)
+        cap = min(x for x in (lv.plan.max_env_steps, self.max_env_steps, math.inf) if x is not None)
+        plan_stop = lv.plan.max_student_turns is not None and lv.student_turns >= lv.plan.max_student_turns
+        if terminated or truncated or lv.action_turns >= cap or plan_stop:
+            lv.done = True
+            lv.traj.truncated = not terminated
+            lv.traj.meta["stopped_by_plan"] = bool(plan_stop and not terminated)
+

@@ -188,26 +188,31 @@ class TextVectorEnv:
     def reset(
         self,
         *,
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
         options: dict | Sequence[dict | None] | None = None,
         indices: Sequence[int] | None = None,
     ) -> tuple[list[str | None], list[dict]]:
         """Reset the envs in ``indices`` (default: all).
 
         With ``seed``, env ``i`` gets seed ``seed + i // group_size``: members of a group play the
-        same task. ``options`` is one dict for all or one per index (e.g. ``{"task_id": ...}``).
+        same task; a sequence gives each index its own seed (evals replaying planned episodes).
+        ``options`` is one dict for all or one per index (e.g. ``{"task_id": ...}``).
         An env whose reset failed returns ``None`` and ``info["error"]``.
         """
         indices = list(range(self.num_envs)) if indices is None else list(indices)
         if options is None or isinstance(options, dict):
             options = [options] * len(indices)
         args = []
-        for i, opt in zip(indices, options):
+        seeds = list(seed) if isinstance(seed, (list, tuple)) else None
+        if seeds is not None and len(seeds) != len(indices):
+            raise ValueError(f"got {len(seeds)} seeds for {len(indices)} envs")
+        for k, (i, opt) in enumerate(zip(indices, options)):
             w = self._workers[i]
             if self.recycle_after and w.episodes >= self.recycle_after:
                 self.restart(i)
             self._workers[i].episodes += 1
-            args.append({"seed": None if seed is None else seed + i // self.group_size, "options": opt})
+            env_seed = seeds[k] if seeds is not None else None if seed is None else seed + i // self.group_size
+            args.append({"seed": env_seed, "options": opt})
         results = self._gather(indices, "reset", args)
         obs, infos = [], []
         for result, error in results:

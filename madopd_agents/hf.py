@@ -72,12 +72,13 @@ class HFAgent:
         Missing weights fail at once with :class:`~madopd_agents.zoo.ModelUnavailableError` saying how to
         provide them; nothing is downloaded.
         """
+        from madopd_agents.zoo import resolve_model
+
+        path = resolve_model(name_or_path)  # before importing torch: missing weights fail in a second
+
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from madopd_agents.zoo import resolve_model
-
-        path = resolve_model(name_or_path)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         torch_dtype: Any = dtype
         if dtype == "auto":
@@ -89,6 +90,13 @@ class HFAgent:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype, local_files_only=True).to(device)
         kwargs.setdefault("name", name_or_path)
         return cls(model, tokenizer, **kwargs)
+
+    @classmethod
+    def from_card(cls, card: Any) -> HFAgent:
+        """From an agent card (``madopd_agents.registry``): ``model`` + ``args``."""
+        if not card.model:
+            raise ValueError(f"agent card {card.name!r}: the hf backend needs a model")
+        return cls.from_pretrained(card.model, **{"name": card.name, **card.args})
 
     # -- prompts ------------------------------------------------------------------------------
     def _eos_ids(self) -> set[int]:

@@ -1,0 +1,172 @@
+"""Leaderboard configs: where they live, how they load, and the episodes they plan.
+
+A leaderboard is a YAML file in a ``leaderboard/`` config group (Hydra layout, so training configs can
+say ``leaderboard=default``) listing entries ``(env, split, episodes, max_steps, seeds)``; ``include``
+pulls in other leaderboards' entries. Config roots are searched in order: ``$MADOPD_CONF``
+(``:``-separated), ``./leaderboards/conf``, and the ``leaderboards/conf`` of this checkout.
+
+An eval is planned up front as deterministic *episode units* ``(env, split, task_id, seed)``, so an
+interrupted run resumes exactly: the same plan minus the units already on disk.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_CONF = Path(__file__).resolve().parents[2] / "leaderboards" / "conf"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the file and the fix."""
+
+
+def conf_dirs() -> list[Path]:
+    """Config roots, most specific first (each may hold ``agent/`` and ``leaderboard/``)."""
+    roots = [Path(p) for p in os.environ.get("MADOPD_CONF", "").split(":") if p]
+    roots += [Path.cwd() / "leaderboards" / "conf", REPO_CONF]
+    seen, out = set(), []
+    for r in roots:
+        key = r.resolve()
+        if key not in seen and r.is_dir():
+            seen.add(key)
+            out.append(r)
+    return out
+
+
+def find_config(group: str, name: str) -> Path:
+    """``<root>/<group>/<name>.yaml`` in the first root that has it."""
+    for root in conf_dirs():
+        path = root / group / f"{name}.yaml"
+        if path.is_file():
+            return path
+    known = sorted(list_configs(group))
+    raise ConfigError(f"no {group} config named {name!r}; known: {', '.join(known) or '(none)'} "
+                      f"(searched {', '.join(str(r / group) for r in conf_dirs()) or 'no config roots'})")
+
+
+def list_configs(group: str) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for root in reversed(conf_dirs()):  # earlier roots override later ones
+        for path in sorted((root / group).glob("*.yaml")):
+            found[path.stem] = path
+    return found
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One env of a leaderboard.
+
+    Attributes:
+        env: a registered env id.
+        split: the split tasks come from.
+        episodes: tasks per seed: the first ``episodes`` task ids of the split, in the env's order
+            (or ``task_ids`` when given).
+        max_steps: actions per episode before truncation.
+        seeds: each seed replays the tasks once (the env seed of the episode).
+        task_ids: explicit tasks instead of the first ``episodes``.
+    """
+
+    env: str
+    split: str = "test"
+    episodes: int = 10
+    max_steps: int = 50
+    seeds: tuple[int, ...] = (0,)
+    task_ids: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.episodes < 1 or self.max_steps < 1 or not self.seeds:
+            raise ConfigError(f"{self.env}: episodes and max_steps must be >= 1 and seeds non-empty")
+
+
+@dataclass(frozen=True)
+class Leaderboard:
+    name: str
+    entries: tuple[Entry, ...]
+    description: str = ""
+    source: str = ""
+
+
+def _entry(raw: dict[str, Any], where: str) -> Entry:
+    allowed = set(Entry.__dataclass_fields__)
+    unknown = set(raw) - allowed
+    if unknown or "env" not in raw:
+        raise ConfigError(f"{where}: entries need 'env' and may have {sorted(allowed)}; got {sorted(raw)}")
+    raw = dict(raw)
+    if "seeds" in raw:
+        raw["seeds"] = tuple(int(s) for s in (raw["seeds"] if isinstance(raw["seeds"], list) else [raw["seeds"]]))
+    if raw.get("task_ids") is not None:
+        raw["task_ids"] = tuple(str(t) for t in raw["task_ids"])
+        raw.setdefault("episodes", len(raw["task_ids"]))
+    return Entry(**raw)
+
+
+def load_leaderboard(name: str, _seen: tuple[str, ...] = ()) -> Leaderboard:
+    """Load ``leaderboard/<name>.yaml`` with its ``include``s (entries concatenated, duplicates dropped)."""
+    if name in _seen:
+        raise ConfigError(f"leaderboard include cycle: {' -> '.join(_seen + (name,))}")
+    path = find_config("leaderboard", name)
+    data = load_yaml(path)
+    entries: list[Entry] = []
+    for inc in data.get("include", []) or []:
+        entries += load_leaderboard(str(inc), _seen + (name,)).entries
+    for i, raw in enumerate(data.get("entries", []) or []):
+        entries.append(_entry(raw, f"{path} entry {i}"))
+    unique = list(dict.fromkeys(entries))
+    if not unique:
+        raise ConfigError(f"{path}: the leaderboard has no entries")
+    return Leaderboard(name=str(data.get("name", name)), entries=tuple(unique),
+                       description=str(data.get("description", "")), source=str(path))
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One episode to play: a deterministic unit of an eval (and of its resume)."""
+
+    env: str
+    split: str
+    task_id: str
+    seed: int
+    max_steps: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.env}|{self.split}|{self.task_id}|{self.seed}"
+
+
+@dataclass
+class Plan:
+    units: list[Unit] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # e.g. "asked for 50 episodes, split has 20"
+
+
+def plan_entry(entry: Entry, task_ids: list[str]) -> Plan:
+    """The units of one entry, given the split's task ids in the env's order."""
+    plan = Plan()
+    if entry.task_ids is not None:
+        missing = [t for t in entry.task_ids if t not in set(task_ids)]
+        if missing:
+            raise ConfigError(f"{entry.env} split {entry.split!r} has no tasks {missing[:5]}")
+        chosen = list(entry.task_ids)[: entry.episodes]
+    else:
+        chosen = task_ids[: entry.episodes]
+        if len(chosen) < entry.episodes:
+            plan.notes.append(f"{entry.env}/{entry.split}: asked for {entry.episodes} episodes, "
+                              f"the split has {len(task_ids)} tasks")
+    for seed in entry.seeds:
+        plan.units += [Unit(entry.env, entry.split, t, seed, entry.max_steps) for t in chosen]
+    return plan

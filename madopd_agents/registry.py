@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from madopd_agents.base import SamplingParams
+from madopd_envs.eval.config import ConfigError
 
 BACKENDS: dict[str, str] = {
     "hf": "madopd_agents.hf:HFAgent",
@@ -85,7 +86,10 @@ class AgentCard:
             else:
                 args[k] = v
         new = replace(self, sampling=sampling, prompt=prompt, args=args, **card)
-        new.sampling_params  # validate now, not mid-eval
+        try:
+            new.sampling_params  # validate now, not mid-eval
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"agent {self.name}: bad sampling settings {sampling}: {e}") from e
         return new
 
 
@@ -111,7 +115,7 @@ def parse_agent_args(text: str | None) -> dict[str, Any]:
             continue
         key, eq, value = part.partition("=")
         if not eq or not key.strip():
-            raise ValueError(f"--agent-args expects k=v pairs separated by commas; got {part!r}")
+            raise ConfigError(f"--agent-args expects k=v pairs separated by commas; got {part!r}")
         out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
     return out
 
@@ -126,7 +130,7 @@ def get_card(name: str) -> AgentCard:
     """The card ``name`` from ``agent/<name>.yaml``; unknown names fail with close matches."""
     import difflib
 
-    from madopd_envs.eval.config import ConfigError, list_configs, load_yaml
+    from madopd_envs.eval.config import list_configs, load_yaml
 
     configs = list_configs("agent")
     if name not in configs:
@@ -150,7 +154,7 @@ def get_card(name: str) -> AgentCard:
 def _resolve(backend: str) -> Any:
     target = BACKENDS.get(backend, backend)
     if ":" not in target:
-        raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)} or 'package.module:Class'")
+        raise ConfigError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)} or 'package.module:Class'")
     module, _, attr = target.partition(":")
     return getattr(importlib.import_module(module), attr)
 

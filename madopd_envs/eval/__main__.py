@@ -1,0 +1,115 @@
+"""``python -m madopd_envs.eval``: evaluate agents on a leaderboard or one env, resumably.
+
+    python -m madopd_envs.eval --agent expert --env madopd/TWX-Coin-v0 --episodes 5 --output runs/x
+    python -m madopd_envs.eval --agent smollm2-135m --agent random --leaderboard default --output runs/d --resume
+
+With several ``--agent``s each writes to ``OUTPUT/<agent>/``. Exit codes: 0 done, 2 bad arguments or
+configuration (missing weights, unknown env/agent, a different run in OUTPUT), 130 interrupted (the
+finished episodes are on disk; rerun with ``--resume``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from madopd_envs.eval.config import ConfigError, Entry, load_leaderboard
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m madopd_envs.eval", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--agent", action="append", required=True,
+                   help="agent card name (leaderboards/conf/agent/<name>.yaml); repeat for several agents")
+    p.add_argument("--agent-args", default="", metavar="K=V,...",
+                   help="card overrides: model=..., backend=..., temperature=..., history=..., batch_size=...")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--leaderboard", help="leaderboard config name (leaderboards/conf/leaderboard/<name>.yaml)")
+    where.add_argument("--env", help="one registered env id (python -m madopd_envs list)")
+    p.add_argument("--split", help="with --env: the split (default: test, else the env's last split)")
+    p.add_argument("--episodes", type=int, help="episodes per env and seed (default 10 with --env; "
+                                                "overrides the leaderboard's when given)")
+    p.add_argument("--max-steps", type=int, help="actions per episode (default 50 with --env)")
+    p.add_argument("--seed", type=int, help="episode seed (default 0 with --env; overrides the leaderboard's)")
+    p.add_argument("--num-envs", type=int, default=4, help="episodes played at once, each in its own worker")
+    p.add_argument("--output", type=Path, help="results folder (default runs/eval/<agent>-<leaderboard|env>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in OUTPUT, skipping finished episodes")
+    p.add_argument("--step-timeout", type=float, default=120.0, help="seconds before a step counts as hung")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def entries_from_args(args: argparse.Namespace) -> tuple[list[Entry], str | None]:
+    if args.leaderboard:
+        board = load_leaderboard(args.leaderboard)
+        entries = []
+        for e in board.entries:
+            over = {}
+            if args.episodes is not None:
+                over["episodes"] = args.episodes
+            if args.max_steps is not None:
+                over["max_steps"] = args.max_steps
+            if args.seed is not None:
+                over["seeds"] = (args.seed,)
+            entries.append(Entry(**{**e.__dict__, **over}))
+        return entries, board.name
+    from madopd_envs.registry import spec
+
+    card = spec(args.env).card  # unknown ids fail here, with suggestions
+    splits = list(card.splits) or ["test"]
+    split = args.split or ("test" if "test" in splits else splits[-1])
+    if card.splits and split not in card.splits:
+        raise ConfigError(f"{args.env} has no split {split!r}; known: {', '.join(splits)}")
+    return [Entry(env=args.env, split=split, episodes=args.episodes or 10, max_steps=args.max_steps or 50,
+                  seeds=(0 if args.seed is None else args.seed,))], None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from madopd_envs.eval.runner import ResumeError, evaluate
+    from madopd_envs.eval.tables import leaderboard_table, summary_table
+
+    command = "python -m madopd_envs.eval " + shlex.join(sys.argv[1:] if argv is None else argv)
+    try:
+        from madopd_agents.registry import parse_agent_args
+        from madopd_agents.zoo import ModelUnavailableError
+    except ImportError as e:  # the agent layer is part of the madopd distribution; say so plainly
+        print(f"error: the agent layer (madopd_agents) cannot be imported: {e}", file=sys.stderr)
+        return 2
+    from madopd_envs.registry import MissingEngineError, UnknownEnvError
+
+    if args.num_envs < 1 or (args.episodes is not None and args.episodes < 1):
+        print("error: --num-envs and --episodes must be >= 1", file=sys.stderr)
+        return 2
+    summaries = []
+    try:
+        agent_args = parse_agent_args(args.agent_args)
+        entries, board = entries_from_args(args)
+        where = board or args.env.split("/")[-1]
+        for name in args.agent:
+            output = args.output or Path("runs/eval") / f"{name}-{where}"
+            if len(args.agent) > 1:
+                output = output / name
+            summary = evaluate(agent_name=name, agent_args=agent_args, entries=entries, output=output,
+                               leaderboard=board, num_envs=args.num_envs, resume=args.resume,
+                               progress=not args.no_progress, step_timeout=args.step_timeout, command=command,
+                               log=lambda m: print(m, file=sys.stderr))
+            summaries.append(summary)
+            print(f"\n## {summary['agent']}" + (f" on {board}" if board else "") + f"  ({output})\n")
+            print(summary_table(summary))
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished episodes are saved; rerun the same command with --resume", file=sys.stderr)
+        return 130
+    except (ModelUnavailableError, ConfigError, ResumeError, UnknownEnvError, MissingEngineError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if len(summaries) > 1:
+        print("\n## success rate ± stderr\n")
+        print(leaderboard_table(summaries))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""ALFWorld: memoised vs stock grammar parsing (speed, identical traces), and the baselines table.
+
+    .venv/bin/python benchmarks/bench_alfworld.py speed --games 4 --steps 40
+    .venv/bin/python benchmarks/bench_alfworld.py baselines --split valid_unseen
+
+``speed`` replays the same seeded random-admissible actions on the same games twice in one process,
+once on stock TextWorld and once with ``madopd_envs.alfworld.fastgrammar`` installed, timing only
+``step`` (loading and resetting a game is fast-downward's grounding, which the patch does not touch).
+Every observation, admissible list and score of both runs is hashed; the run fails if they differ.
+Games: the first ``--games`` default valid_unseen games, the kitchen one first.
+
+``baselines`` plays every game of a split with the scripted expert (``info["expert_action"]``) and a
+uniform random admissible policy (``madopd_agents.scripted``), 50 steps per episode, and prints the
+per-task-type success table in markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import hashlib
+import os
+import random
+import sys
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import madopd_envs  # noqa: E402
+from madopd_envs.alfworld import fastgrammar  # noqa: E402
+from madopd_envs.alfworld.scenes import TASK_TYPES  # noqa: E402
+
+
+def replay(env, task_id: str, steps: int, seed: int) -> tuple[str, int, float]:
+    """(trace hash, steps, seconds in step) of a seeded random-admissible walk on ``task_id``."""
+    obs, info = env.reset(seed=0, options={"task_id": task_id})
+    digest = hashlib.sha256(repr((obs, info)).encode())
+    rng = random.Random(seed)
+    elapsed, n = 0.0, 0
+    for _ in range(steps):
+        action = rng.choice(sorted(info["admissible_actions"]))
+        t = time.perf_counter()
+        obs, reward, term, trunc, info = env.step(action)
+        elapsed += time.perf_counter() - t
+        n += 1
+        digest.update(repr((action, obs, reward, term, trunc, info)).encode())
+        if term or trunc:
+            break
+    return digest.hexdigest(), n, elapsed
+
+
+def speed(args: argparse.Namespace) -> int:
+    env = madopd_envs.make("madopd/ALFWorld-v0", split="valid_unseen", max_episode_steps=None, fast=False)
+    ids = env.tasks("valid_unseen")
+    kitchens = [t for t in ids if t.split("/")[1].endswith("-10")]
+    games = (kitchens[:1] + [t for t in ids if t not in kitchens[:1]])[: args.games]
+    print(f"| game | steps | stock steps/s | memoised steps/s | ratio | traces identical |\n|---|---|---|---|---|---|")
+    totals = {"stock": [0, 0.0], "memo": [0, 0.0]}
+    all_same = True
+    for k, task_id in enumerate(games):
+        with fastgrammar.stock():
+            h_stock, n_stock, t_stock = replay(env, task_id, args.steps, seed=k)
+        fastgrammar.install()
+        h_memo, n_memo, t_memo = replay(env, task_id, args.steps, seed=k)
+        fastgrammar.uninstall()
+        same = h_stock == h_memo and n_stock == n_memo
+        all_same &= same
+        totals["stock"][0] += n_stock
+        totals["stock"][1] += t_stock
+        totals["memo"][0] += n_memo
+        totals["memo"][1] += t_memo
+        s, m = n_stock / t_stock, n_memo / t_memo
+        print(f"| {task_id.split('/')[1]} | {n_stock} | {s:.1f} | {m:.1f} | {m / s:.2f} | {same} |", flush=True)
+    s = totals["stock"][0] / totals["stock"][1]
+    m = totals["memo"][0] / totals["memo"][1]
+    print(f"| **all** | {totals['stock'][0]} | {s:.1f} | {m:.1f} | **{m / s:.2f}** | {all_same} |")
+    env.close()
+    if not all_same:
+        print("FAIL: memoised traces differ from stock", file=sys.stderr)
+        return 1
+    if m / s < args.min_ratio:
+        print(f"FAIL: ratio {m / s:.2f} < {args.min_ratio}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def play(env, agent, task_id: str, max_steps: int) -> bool:
+    from madopd_agents.base import SamplingParams
+
+    _, info = env.reset(seed=0, options={"task_id": task_id})
+    for _ in range(max_steps):
+        action = agent.act([[]], SamplingParams(), infos=[info])[0].text
+        _, _, term, trunc, info = env.step(action)
+        if term or trunc:
+            break
+    return bool(info["won"])
+
+
+def baselines(args: argparse.Namespace) -> int:
+    from madopd_agents.scripted import ExpertAgent, RandomAgent
+
+    rows = {}
+    for name, agent in (("expert", ExpertAgent()), ("random", RandomAgent(seed=args.seed))):
+        env = madopd_envs.make("madopd/ALFWorld-v0", split=args.split, expert=agent.needs_expert)
+        ids = env.tasks(args.split)[: args.limit or None]
+        wins, counts = collections.Counter(), collections.Counter()
+        t0 = time.perf_counter()
+        for task_id in ids:
+            task_type = task_id.split("/")[1].split("-")[0]
+            counts[task_type] += 1
+            wins[task_type] += play(env, agent, task_id, args.max_steps)
+        env.close()
+        rows[name] = (wins, counts)
+        print(f"{name}: {sum(wins.values())}/{len(ids)} won in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    short = {"pick_and_place_simple": "Pick", "pick_clean_then_place_in_recep": "Clean",
+             "pick_heat_then_place_in_recep": "Heat", "pick_cool_then_place_in_recep": "Cool",
+             "look_at_obj_in_light": "Look", "pick_two_obj_and_place": "Pick2"}
+    order = ["pick_and_place_simple", "pick_clean_then_place_in_recep", "pick_heat_then_place_in_recep",
+             "pick_cool_then_place_in_recep", "look_at_obj_in_light", "pick_two_obj_and_place"]
+    assert set(order) == set(TASK_TYPES)
+    counts = rows["expert"][1]
+    print(f"{args.split}, {sum(counts.values())} games, {args.max_steps} steps per episode (success %, wins/games):\n")
+    print("| policy | " + " | ".join(f"{short[t]} ({counts[t]})" for t in order) + " | All |")
+    print("|---" * (len(order) + 2) + "|")
+    for name, (wins, cnt) in rows.items():
+        cells = [f"{100 * wins[t] / cnt[t]:.0f} ({wins[t]}/{cnt[t]})" if cnt[t] else "-" for t in order]
+        total = sum(cnt.values())
+        print(f"| {name} | " + " | ".join(cells) + f" | {100 * sum(wins.values()) / total:.1f} |")
+    expert_wins, expert_counts = rows["expert"]
+    return 0 if sum(expert_wins.values()) == sum(expert_counts.values()) else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sp = sub.add_parser("speed", help="memoised vs stock steps/s on the same games")
+    sp.add_argument("--games", type=int, default=4)
+    sp.add_argument("--steps", type=int, default=40)
+    sp.add_argument("--min-ratio", type=float, default=3.0)
+    bp = sub.add_parser("baselines", help="expert and random success per task type")
+    bp.add_argument("--split", default="valid_unseen", choices=("train", "valid_seen", "valid_unseen"))
+    bp.add_argument("--max-steps", type=int, default=50)
+    bp.add_argument("--limit", type=int, default=0, help="first N games only (0: all)")
+    bp.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    return speed(args) if args.cmd == "speed" else baselines(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

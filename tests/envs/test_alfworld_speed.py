@@ -1,0 +1,95 @@
+"""The memoised grammar gives byte-identical ALFWorld traces to stock TextWorld, faster; and the
+expert solves every default valid_unseen game (slow)."""
+
+import hashlib
+import random
+import time
+
+import pytest
+
+pytest.importorskip("alfworld")
+
+import madopd_envs  # noqa: E402
+from madopd_envs.alfworld import fastgrammar  # noqa: E402
+
+ENV_ID = "madopd/ALFWorld-v0"
+
+
+def _walk(env, task_id, steps, seed):
+    obs, info = env.reset(seed=0, options={"task_id": task_id})
+    digest = hashlib.sha256(repr((obs, info)).encode())
+    rng, elapsed, n = random.Random(seed), 0.0, 0
+    for _ in range(steps):
+        action = rng.choice(sorted(info["admissible_actions"]))
+        t = time.perf_counter()
+        out = env.step(action)
+        elapsed += time.perf_counter() - t
+        n += 1
+        info = out[4]
+        digest.update(repr((action,) + out).encode())
+        if out[2] or out[3]:
+            break
+    return digest.hexdigest(), n, elapsed
+
+
+@pytest.fixture
+def env():
+    was = fastgrammar.installed()
+    env = madopd_envs.make(ENV_ID, fast=False, max_episode_steps=None, expert=True)
+    yield env
+    env.close()
+    (fastgrammar.install if was else fastgrammar.uninstall)()
+
+
+def _kitchen(env):
+    return next(t for t in env.tasks("valid_unseen") if t.split("/")[1].endswith("-10"))
+
+
+def test_memoised_traces_are_identical_to_stock(env):
+    task_id = _kitchen(env)
+    with fastgrammar.stock():
+        stock = _walk(env, task_id, 12, seed=3)
+    fastgrammar.install()
+    memo = _walk(env, task_id, 12, seed=3)
+    assert memo[:2] == stock[:2]
+    assert fastgrammar._ORIGINALS and all(m._parse_and_convert.cache for m, _ in fastgrammar._ORIGINALS.values())
+
+
+def test_install_is_idempotent_and_reversible():
+    import textworld.envs.pddl.textgen as textgen
+
+    was = fastgrammar.installed()
+    fastgrammar.uninstall()
+    stock = textgen._parse_and_convert
+    fastgrammar.install()
+    fastgrammar.install()
+    assert textgen._parse_and_convert.__wrapped__ is stock
+    with fastgrammar.stock():
+        assert textgen._parse_and_convert is stock
+    assert textgen._parse_and_convert is not stock
+    (fastgrammar.install if was else fastgrammar.uninstall)()
+
+
+@pytest.mark.slow
+def test_memoised_is_at_least_3x_stock(env):
+    task_id = _kitchen(env)
+    with fastgrammar.stock():
+        _, n_stock, t_stock = _walk(env, task_id, 40, seed=1)
+    fastgrammar.install()
+    _, n_memo, t_memo = _walk(env, task_id, 40, seed=1)
+    assert (n_memo / t_memo) / (n_stock / t_stock) >= 3.0
+
+
+@pytest.mark.slow
+def test_expert_solves_every_default_valid_unseen_game():
+    env = madopd_envs.make(ENV_ID, expert=True)
+    lost = []
+    for task_id in env.tasks("valid_unseen"):
+        _, info = env.reset(options={"task_id": task_id})
+        term = trunc = False
+        while not (term or trunc):
+            _, _, term, trunc, info = env.step(info["expert_action"])
+        if not info["won"]:
+            lost.append(task_id)
+    env.close()
+    assert not lost, f"expert lost {len(lost)} games: {lost[:5]}"

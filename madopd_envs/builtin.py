@@ -43,3 +43,21 @@ register(
         description="WebShop (text mode, bm25s search): 1500 bundled products, goals 0-499 test",
     ),
 )
+
+# -- ALFWorld: household tasks on alfworld's TextWorld/PDDL engine, offline generated or official data --
+register(
+    "madopd/ALFWorld-v0",
+    "madopd_envs.alfworld.env:ALFWorldEnv",
+    max_episode_steps=50,  # upstream's max_nb_steps_per_episode
+    card=EnvCard(
+        family="alfworld",
+        splits={"train": None, "valid_seen": 140, "valid_unseen": 134},
+        metrics="won: engine goal check; score: 1.0 if won else 0.0; raw_score: engine score; "
+                "info task_type and alfworld_version (place command is 'move X to Y' in alfworld 0.4.x)",
+        extra="alfworld",
+        requires=("alfworld", "textworld"),
+        license="ALFWorld engine and assets (MIT) from the alfworld wheel; games generated offline from its "
+                "floor plans and goal library, or upstream's data via ALFWORLD_DATA / data_path",
+        description="ALFWorld (TextWorld PDDL): 6 household task types; 140 seen / 134 unseen eval games",
+    ),
+)

@@ -18,7 +18,8 @@ As upstream: ``Next >`` is always offered on results pages (past the last page i
 returning to results clears the chosen options; ``click[Buy Now]`` ends the episode with the reward.
 Differences, on purpose: an action that upstream silently ignores is answered in words (and
 flagged invalid); ``search[...]`` is accepted only where the page has a search bar unless
-``search_anywhere=True`` (upstream's text env accepts it on every page); the done page shows the
+``search_anywhere=True`` (upstream's text env accepts it on every page); ``Search[...]``/``CLICK[...]``
+and surrounding spaces are accepted (upstream needs lower-case names); the done page shows the
 score without upstream's hidden MTurk fields.
 """
 

@@ -25,7 +25,11 @@ from madopd_envs.webshop.engine import ShopEngine
 from madopd_envs.webshop.oracle import expert_action
 from madopd_envs.webshop.search import SearchIndex, corpus_key
 
-DEFAULT_INDEX_CACHE = Path(os.environ.get("MADOPD_CACHE", Path.home() / ".cache" / "madopd")) / "webshop-index"
+
+
+def default_index_cache() -> Path:
+    """``$MADOPD_CACHE/webshop-index`` (default ``~/.cache/madopd/webshop-index``), read at call time."""
+    return Path(os.environ.get("MADOPD_CACHE") or Path.home() / ".cache" / "madopd") / "webshop-index"
 
 _SHOPS: dict[tuple, tuple[Catalogue, SearchIndex]] = {}
 _SHOPS_LOCK = threading.Lock()
@@ -33,7 +37,7 @@ _SHOPS_LOCK = threading.Lock()
 
 def load_shop(data_dir: str | None = None, *, variant: str = "auto", num_products: int | None = None,
               human_goals: bool = True, seed: int = 0,
-              index_cache: str | Path | None = DEFAULT_INDEX_CACHE) -> tuple[Catalogue, SearchIndex]:
+              index_cache: str | Path | bool | None = None) -> tuple[Catalogue, SearchIndex]:
     """The catalogue and its index for a data source (memoised per process)."""
     data_key = str(Path(data_dir).expanduser().resolve()) if data_dir else None
     key = (data_key, variant, num_products, human_goals, seed)
@@ -52,10 +56,12 @@ def load_shop(data_dir: str | None = None, *, variant: str = "auto", num_product
         return _SHOPS[key]
 
 
-def _cached_index(catalogue: Catalogue, cache: str | Path | None) -> SearchIndex:
-    if cache is None:
+def _cached_index(catalogue: Catalogue, cache: str | Path | bool | None) -> SearchIndex:
+    """The index of an official catalogue, loaded from ``cache`` when a matching one was saved there."""
+    if cache is False:
         return SearchIndex.build(catalogue.products)
-    path = Path(cache) / corpus_key(catalogue.products)
+    root = default_index_cache() if cache is None or cache is True else Path(cache)
+    path = root / corpus_key(catalogue.products)
     if (path / "asins.json").is_file():
         return SearchIndex.load(path)
     index = SearchIndex.build(catalogue.products)
@@ -81,7 +87,8 @@ class WebShopEnv(TextEnv):
         show_attrs: add upstream's hidden ``Attributes`` sub page to item pages.
         search_anywhere: accept ``search[...]`` on every page, as upstream's text env does; by default
             only where a search bar is shown.
-        index_cache: where an official catalogue's bm25s index is cached (``None``: rebuild each time).
+        index_cache: where an official catalogue's bm25s index is cached: a folder, ``None`` for
+            ``$MADOPD_CACHE/webshop-index``, or ``False`` to rebuild it every time.
     """
 
     family: ClassVar[str] = "webshop"
@@ -89,7 +96,7 @@ class WebShopEnv(TextEnv):
 
     def __init__(self, data_dir: str | None = None, *, variant: str = "auto", num_products: int | None = None,
                  human_goals: bool = True, seed: int = 0, show_attrs: bool = False, search_anywhere: bool = False,
-                 index_cache: str | Path | None = DEFAULT_INDEX_CACHE, **kwargs: Any):
+                 index_cache: str | Path | bool | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.catalogue, index = load_shop(data_dir, variant=variant, num_products=num_products,
                                           human_goals=human_goals, seed=seed, index_cache=index_cache)

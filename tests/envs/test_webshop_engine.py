@@ -7,7 +7,7 @@ import pytest
 import madopd_envs
 from madopd_envs.webshop.data import load_official
 from madopd_envs.webshop.engine import SEARCH_TEMPLATE, Page, ShopEngine
-from madopd_envs.webshop.env import WebShopEnv
+from madopd_envs.webshop.env import WebShopEnv, _cached_index
 from madopd_envs.webshop.search import SearchIndex, document_text
 from madopd_envs.testing import check_text_env
 
@@ -227,3 +227,16 @@ def test_official_fixture_env_conforms(tmp_path):
     assert env.tasks("test") == ["0", "1", "2", "3", "4"] and env.tasks("train") == []
     check_text_env(env)
     assert len(list(tmp_path.iterdir())) == 1  # the index was cached on disk
+
+
+def test_index_cache_is_reused(shop, tmp_path, monkeypatch):
+    catalogue, fresh = shop
+    first = _cached_index(catalogue, tmp_path)
+    monkeypatch.setattr(SearchIndex, "build", lambda products: pytest.fail("rebuilt despite the cache"))
+    again = _cached_index(catalogue, tmp_path)
+    for query in ("citrus deodorant", "speaker", "boots brown", "mango"):
+        assert again.search(query) == first.search(query) == fresh.search(query)
+    monkeypatch.undo()
+    monkeypatch.setenv("MADOPD_CACHE", str(tmp_path / "elsewhere"))
+    _cached_index(catalogue, None)  # the default location follows $MADOPD_CACHE at call time
+    assert (tmp_path / "elsewhere" / "webshop-index").is_dir()

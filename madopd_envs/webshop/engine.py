@@ -156,7 +156,10 @@ class ShopEngine:
         if arg == "search":
             return Outcome(False, "Type a query with search[keywords] instead of clicking Search.")
         if arg not in clickables:
-            shown = ", ".join(c for c in clickables if c != "search") or "nothing"
+            shown = ", ".join(c for c in clickables if c != "search")
+            if not shown:
+                return Outcome(False, f"{_quote(arg)} is not clickable: this page has only the search bar; "
+                                      "use search[keywords].")
             return Outcome(False, f"{_quote(arg)} is not clickable on this page. Clickable: {shown}.")
         kind, value = clickables[arg]
         if kind == "product":

@@ -200,7 +200,8 @@ def test_env_reports_reward_on_buy(env):
 def test_env_invalid_action_is_answered_with_the_page(env):
     obs0, _ = env.reset(seed=1)
     obs, reward, term, trunc, info = env.step("click[buy now]")
-    assert obs.startswith("Invalid action: 'buy now' is not clickable") and obs.endswith(obs0)
+    assert obs.startswith("Invalid action: 'buy now' is not clickable: this page has only the search bar")
+    assert obs.endswith(obs0)
     assert info["action_valid"] is False and reward == 0 and not term
 
 

@@ -41,6 +41,15 @@ from madopd_distill.methods.base import Method, MethodConfig, MethodContext
 
 METHODS: dict[str, str] = {
     "opd": "madopd_distill.methods.opd:OPD",
+    # The papers' methods side by side (issue 9).
+    "mt_opd": "madopd_distill.methods.mt_opd:MTOPD",
+    "mad_opd": "madopd_distill.methods.mad_opd:MADOPD",
+    "opad": "madopd_distill.methods.opad:OPAD",
+    "tcod": "madopd_distill.methods.tcod:TCOD",
+    "guided": "madopd_distill.methods.guided:GuidedOPD",
+    "sage": "madopd_distill.methods.sage:SageOPD",
+    "omni": "madopd_distill.methods.omni:OmniOPD",
+    "routing": "madopd_distill.methods.routing:TokenRouting",
 }
 
 

@@ -33,6 +33,8 @@ GenerateFn = Callable[[list[Conversation]], list[str]]
 
 Mode = Literal["agentic", "code", "generic"]
 Placement = Literal["last_user", "new_user"]
+MODES: tuple[str, ...] = ("agentic", "code", "generic")
+PLACEMENTS: tuple[str, ...] = ("last_user", "new_user")
 
 CONFIDENCE_TAG = re.compile(r"<<CONFIDENCE=(\d+)>>")
 CONFIDENCE_INSTRUCTION = (

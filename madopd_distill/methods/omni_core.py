@@ -12,7 +12,7 @@ Open details, chosen here (each a config option in ``omni.py``):
 - variance control ("Dirichlet-Multinomial prior"): the mean of M similarities is shrunk towards a
   prior mean with ``prior_strength`` pseudo-samples, ``(sum_m s_m + a * mu) / (M + a)``; ``mu`` is
   the batch's mean similarity (empirical Bayes) unless a number is given;
-- update: REINFORCE on the chunk tokens with advantage ``r - mean(r)`` over the batch's forks, plus a
+- update: REINFORCE on the chunk tokens with advantage ``r - mean(r)`` over the step's forks, plus a
   KL anchor to the initial student on every trained token (k3 estimator, always >= 0).
 """
 
@@ -80,37 +80,15 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.exp(log_ratio) - log_ratio - 1.0
 
 
-def omni_loss(student_logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, chunk_ids: torch.Tensor,
-              rewards: torch.Tensor, kl_coef: float, baseline: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
-    """Reward-weighted chunk update + KL anchor.
+def omni_row_loss(student_logp: torch.Tensor, ref_logp: torch.Tensor, advantage: torch.Tensor,
+                  kl_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token loss ``-A_t * log p_S(y_t) + kl_coef * KL_k3(p_S || p_ref)`` and the KL term.
 
-    Args:
-        student_logp: ``[B, T]`` the student's log-prob of its tokens (with grad).
-        ref_logp: ``[B, T]`` the initial student's log-prob of the same tokens.
-        mask: ``[B, T]`` trained tokens.
-        chunk_ids: ``[B, T]`` long, the fork index (into ``rewards``) a token's chunk belongs to, -1
-            for tokens in no chunk.
-        rewards: ``[F]`` per-fork rewards.
-        kl_coef: weight of the KL anchor.
-        baseline: subtract the batch's mean reward (advantages sum to 0).
+    ``advantage`` is the chunk's (baselined) reward on the tokens of a fork's chunk and 0 elsewhere:
+    only chunk tokens get the reward-weighted gradient, every trained token gets the anchor.
     """
-    m = mask.bool()
-    n_tok = m.sum().clamp(min=1)
-    kl = (k3_kl(student_logp, ref_logp.detach()) * m).sum() / n_tok
-    in_chunk = (chunk_ids >= 0) & m
-    if rewards.numel() == 0 or not bool(in_chunk.any()):
-        pg = student_logp.sum() * 0.0
-        adv = rewards
-    else:
-        adv = rewards - rewards.mean() if baseline and rewards.numel() > 1 else rewards
-        adv = adv.to(student_logp.device, student_logp.dtype)
-        tok_adv = torch.where(in_chunk, adv[chunk_ids.clamp(min=0)], torch.zeros_like(student_logp))
-        # Each fork contributes its chunk's summed log-prob times its advantage; averaged over forks.
-        pg = -(tok_adv.detach() * student_logp * in_chunk).sum() / max(rewards.numel(), 1)
-    loss = pg + kl_coef * kl
-    return loss, {"omni/pg_loss": float(pg.detach()), "omni/kl_anchor": float(kl.detach()),
-                  "omni/reward_mean": float(rewards.mean()) if rewards.numel() else 0.0,
-                  "omni/forks": float(rewards.numel())}
+    kl = k3_kl(student_logp, ref_logp.detach())
+    return -advantage.detach() * student_logp + kl_coef * kl, kl.detach()
 
 
 class Embedder:

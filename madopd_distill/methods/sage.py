@@ -22,11 +22,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal, Mapping
+from typing import Literal, Mapping, Sequence
 
 import torch
 
+from madopd_agents.base import SamplingParams
+from madopd_distill.batch import StepBatch
+from madopd_distill.methods.base import Method, MethodConfig, MethodContext
 from madopd_distill.methods.debate import Conversation, with_instruction
+from madopd_distill.rollout import Sample, Trajectory, to_samples
+from madopd_distill.teachers import TokenScores
 
 Judgement = Literal["skip", "weak", "strong"]
 JUDGEMENTS: tuple[str, ...] = ("skip", "weak", "strong")
@@ -82,29 +87,36 @@ def token_confidence(kind: ConfidenceKind, teacher_logprobs: torch.Tensor | None
     raise ValueError(f"unknown confidence kind {kind!r}; known: max_prob, entropy, sampled, none")
 
 
-def normalise_to_opd_scale(weights: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Rescale ``weights`` so they average 1 over the ``mask`` tokens (0 outside; all 0 stays 0)."""
+def normalise_to_opd_scale(weights: torch.Tensor, mask: torch.Tensor,
+                           coef: torch.Tensor | None = None) -> torch.Tensor:
+    """Rescale ``weights`` so their ``coef``-weighted mean over the ``mask`` tokens is 1.
+
+    ``coef`` is each token's reduction weight (``batch.reduce_weight``; default: all equal, i.e.
+    the plain token mean). Then ``sum(coef * w * d) == sum(coef * d)`` whenever ``d`` is constant:
+    the weighted loss has the scale of the unweighted OPD loss. All-zero weights stay 0.
+    """
     m = mask.to(weights.dtype)
+    c = m if coef is None else coef.to(weights.dtype) * m
     w = weights * m
-    total = w.sum()
-    n = m.sum()
+    total = (c * w).sum()
     if total <= 0:
         return torch.zeros_like(w)
-    return w * (n / total)
+    return w * (c.sum() / total)
 
 
 def sage_token_weights(levels: torch.Tensor, confidence: torch.Tensor | None, mask: torch.Tensor,
-                       normalise: bool = True) -> torch.Tensor:
+                       normalise: bool = True, coef: torch.Tensor | None = None) -> torch.Tensor:
     """Token weights = intervention level weight x teacher confidence, renormalised (see module doc).
 
     Args:
         levels: ``[B, T]`` each token's turn level weight (skip 0, weak 0.5, strong 1 by default).
         confidence: ``[B, T]`` teacher confidence, or ``None``.
         mask: ``[B, T]`` trained tokens.
+        coef: the tokens' reduction weights (see :func:`normalise_to_opd_scale`).
     """
     w = levels.float() if confidence is None else levels.float() * confidence.float()
     w = w * mask.float()
-    return normalise_to_opd_scale(w, mask) if normalise else w
+    return normalise_to_opd_scale(w, mask, coef) if normalise else w
 
 
 def weighted_token_mean(per_token: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -115,11 +127,11 @@ def weighted_token_mean(per_token: torch.Tensor, weights: torch.Tensor, mask: to
 
 
 @dataclass
-class SageConfig:
-    """SAGE-OPD's knobs.
+class SageConfig(MethodConfig):
+    """SAGE-OPD's knobs (plus :class:`MethodConfig`'s).
 
     Attributes:
-        level_weights: loss weight of a turn judged skip / weak / strong (each in [0, 1]... any >= 0).
+        level_weights: loss weight (>= 0) of a turn judged skip / weak / strong.
         confidence: per-token teacher confidence: max_prob, entropy, sampled or none.
         normalise: renormalise the weights to mean 1 over trained tokens (OPD's loss scale).
         unparsed_as: the level of a turn whose judgement has no valid tag.
@@ -133,7 +145,8 @@ class SageConfig:
     judge_max_new_tokens: int = 64
 
     def __post_init__(self) -> None:
-        self.level_weights = dict(self.level_weights)
+        super().__post_init__()
+        self.level_weights = {k: float(v) for k, v in dict(self.level_weights).items()}
         if set(self.level_weights) != set(JUDGEMENTS):
             raise ValueError(f"level_weights needs exactly the keys {JUDGEMENTS}, got {sorted(self.level_weights)}")
         if any(float(v) < 0 for v in self.level_weights.values()):
@@ -144,3 +157,71 @@ class SageConfig:
             raise ValueError(f"unparsed_as must be one of {JUDGEMENTS}, got {self.unparsed_as!r}")
         if self.judge_max_new_tokens < 1:
             raise ValueError("judge_max_new_tokens must be >= 1")
+
+
+
+class SageOPD(Method):
+    """A judged, confidence-weighted OPD: per-turn intervention levels x per-token confidence."""
+
+    name = "sage"
+    Config = SageConfig
+    needs_teacher_agents = True
+
+    def __init__(self, cfg: SageConfig, ctx: MethodContext):
+        super().__init__(cfg, ctx)
+        self.judge = next(iter(ctx.teacher_agents.values()))
+        self.sampling = SamplingParams(temperature=0.0, max_new_tokens=cfg.judge_max_new_tokens)
+        self._last: dict[str, float] = {}
+
+    def judge_turns(self, trajectories: Sequence[Trajectory]) -> dict[tuple[int, int], str]:
+        """``(trajectory, turn) -> level`` for every student turn, judged after the env's answer."""
+        keys, prompts = [], []
+        for k, traj in enumerate(trajectories):
+            if traj.error is not None:
+                continue
+            for i, turn in enumerate(traj.turns):
+                if turn.role != "student" or turn.context is None:
+                    continue
+                feedback = next((t.text for t in traj.turns[i + 1:] if t.role == "env"), "(the episode ended)")
+                keys.append((k, i))
+                prompts.append(judge_prompt(turn.context, turn.text, feedback))
+        replies = [o.text for o in self.judge.act(prompts, self.sampling)] if prompts else []
+        levels, parsed = {}, 0
+        for key, reply in zip(keys, replies):
+            level, ok = parse_judgement(reply, self.cfg.unparsed_as)  # type: ignore[arg-type]
+            levels[key] = level
+            parsed += ok
+        n = max(len(keys), 1)
+        self._last = {"sage/judged_turns": float(len(keys)), "sage/parsed_frac": parsed / n,
+                      **{f"sage/{j}_frac": sum(v == j for v in levels.values()) / n for j in JUDGEMENTS}}
+        return levels
+
+    def make_samples(self, trajectories: Sequence[Trajectory], step: int) -> list[Sample]:
+        levels = self.judge_turns(trajectories)
+        samples = to_samples(trajectories, self.cfg.sample_mode)
+        for s in samples:
+            traj = trajectories[s.traj_index]
+            # Rows follow the sample's positions; its student turns appear in order, each with
+            # as many rows as trained tokens.
+            row_levels: list[float] = []
+            for i in s.turn_indices:
+                w = self.cfg.level_weights[levels.get((s.traj_index, i), self.cfg.unparsed_as)]
+                row_levels += [w] * sum(traj.turns[i].loss_mask)
+            if len(row_levels) != s.num_tokens:
+                raise RuntimeError(f"SAGE: {len(row_levels)} level weights for {s.num_tokens} trained tokens")
+            s.meta["row_levels"] = row_levels
+        return samples
+
+    def token_weights(self, batch: StepBatch, scores: Sequence[TokenScores], step: int) -> torch.Tensor:
+        levels = torch.tensor([w for s in batch.samples for w in s.meta["row_levels"]], dtype=torch.float32)
+        sc = scores[0]
+        dist = None
+        if self.cfg.confidence in ("max_prob", "entropy"):
+            dist = (torch.log_softmax(sc.logits.float() / self.cfg.temperature, -1) if sc.logits is not None
+                    else sc.topk_logprobs)
+        conf = token_confidence(self.cfg.confidence, dist, sc.token_logprobs)  # type: ignore[arg-type]
+        mask = torch.ones_like(levels, dtype=torch.bool)
+        return sage_token_weights(levels, conf, mask, self.cfg.normalise, batch.reduce_weight)
+
+    def log_metrics(self, trajectories: Sequence[Trajectory], step: int) -> dict[str, float]:
+        return dict(self._last)

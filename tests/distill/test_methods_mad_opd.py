@@ -98,3 +98,53 @@ def test_transcript_only_reaches_teachers():
     assert "SECRET" not in repr(student_state) and DEBATE_START not in repr(student_state)
     new_user = scoring_context(student_state, d.transcript(), 0, placement="new_user")
     assert new_user[:-1] == STATE and new_user[-1]["role"] == "user"
+
+
+# -- the multi-teacher mixture (MT-OPD and MAD-OPD share it) ------------------------------------
+import torch  # noqa: E402
+
+from madopd_distill.methods.mad_opd import MADOPDConfig, task_divergence  # noqa: E402
+from madopd_distill.methods.mt_opd import MTOPDConfig, mix_teachers, teacher_row_coefficients  # noqa: E402
+
+
+def test_teacher_coefficients_each_teacher_over_its_own_valid_rows():
+    rows = torch.tensor([0, 0, 0, 0, 1, 1])  # sample 0 has 4 rows, sample 1 has 2
+    valid = torch.ones(2, 6, dtype=torch.bool)
+    w = torch.tensor([[0.7, 0.3], [0.5, 0.5]])
+    coef = teacher_row_coefficients(rows, valid, w)
+    assert coef[:, 0].tolist() == pytest.approx([0.7, 0.3]) and coef[:, 5].tolist() == pytest.approx([0.5, 0.5])
+    # teacher 0 scored only the first 2 rows of sample 0: its mean is over those 2 rows, and
+    # teacher 1 still supervises all 4 (no shortest-teacher-wins truncation)
+    valid[0, 2:4] = False
+    coef = teacher_row_coefficients(rows, valid, w)
+    d0 = torch.tensor([1.0, 3.0, 100.0, 100.0, 0.0, 0.0])
+    d1 = torch.tensor([2.0, 2.0, 2.0, 2.0, 0.0, 0.0])
+    reduce_w = torch.full((6,), 1 / 4)  # sample 0's token mean
+    loss0 = float((reduce_w[:4] * mix_teachers([d0, d1], coef)[:4]).sum())
+    assert loss0 == pytest.approx(0.7 * 2.0 + 0.3 * 2.0)
+    assert coef[0, 2:4].tolist() == [0.0, 0.0] and coef[1, :4].tolist() == pytest.approx([0.3] * 4)
+    # a teacher missing from a whole sample: the other gets all the weight
+    valid[0, :4] = False
+    assert teacher_row_coefficients(rows, valid, w)[1, :4].tolist() == pytest.approx([1.0] * 4)
+    # NaN losses on rows a teacher did not score never leak into the mix
+    d0[2] = float("nan")
+    assert torch.isfinite(mix_teachers([d0, d1], teacher_row_coefficients(rows, valid, w))).all()
+
+
+def test_task_adaptive_divergence_and_configs():
+    assert task_divergence("textworldexpress") == ("jsd", 0.5)
+    assert task_divergence("alfworld") == ("jsd", 0.5)
+    assert task_divergence("code") == ("reverse_kl", 1.0)
+    assert task_divergence("anything", open_ended=True) == ("reverse_kl", 1.0)
+    cfg = MADOPDConfig()
+    assert cfg.divergence == "auto" and cfg.rounds == 2 and cfg.tau == 1.0 and cfg.sample_mode == "turn"
+    with pytest.raises(ValueError, match="rounds"):
+        MADOPDConfig(rounds=0)
+    with pytest.raises(ValueError, match="tau"):
+        MADOPDConfig(tau=0.0)
+    with pytest.raises(ValueError, match="sample_mode"):
+        MADOPDConfig(sample_mode="trajectory")
+    with pytest.raises(ValueError, match="divergence"):
+        MADOPDConfig(divergence="kl")
+    with pytest.raises(ValueError, match="teacher_weights"):
+        MTOPDConfig(teacher_weights=[-1.0, 2.0])

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from madopd_distill.methods.omni_core import k3_kl, omni_loss, peak_entropy_forks, shrunk_rewards, token_entropy
+from madopd_distill.methods.omni_core import k3_kl, omni_row_loss, peak_entropy_forks, shrunk_rewards, token_entropy
 
 
 def test_token_entropy():
@@ -35,23 +35,23 @@ def test_shrunk_rewards():
         shrunk_rewards([[0.5], []])
 
 
-def test_omni_loss_gradient_direction_and_anchor():
-    logits = torch.zeros(1, 6, requires_grad=True)
+def test_omni_row_loss_gradient_direction_and_anchor():
+    logits = torch.zeros(6, requires_grad=True)
     logp = torch.nn.functional.logsigmoid(logits)  # stand-in per-token log-probs
-    mask = torch.tensor([[False, True, True, True, True, True]])
-    chunks = torch.tensor([[-1, 0, 0, 1, 1, -1]])
-    rewards = torch.tensor([0.9, 0.1])
-    loss, stats = omni_loss(logp, logp.detach(), mask, chunks, rewards, kl_coef=0.1)
-    loss.backward()
-    g = logits.grad[0]
-    assert g[1] < 0 and g[2] < 0  # good chunk: raise its log-prob (descent direction)
-    assert g[3] > 0 and g[4] > 0  # bad chunk: lower it
-    assert g[0] == 0 and g[5] == 0  # untouched tokens
-    assert stats["omni/kl_anchor"] == pytest.approx(0.0) and stats["omni/forks"] == 2
+    adv = torch.tensor([0.0, 0.4, 0.4, -0.4, -0.4, 0.0])  # chunk 1 good, chunk 2 bad, others outside
+    per_row, kl = omni_row_loss(logp, logp.detach(), adv, kl_coef=0.1)
+    per_row.sum().backward()
+    g = logits.grad
+    assert g[1] < 0 and g[2] < 0  # good chunk: descent raises its log-prob
+    assert g[3] > 0 and g[4] > 0  # bad chunk: lowered
+    assert g[0] == 0 and g[5] == 0  # no reward, anchor at its minimum (student == reference)
+    assert float(kl.abs().sum()) == 0.0
     assert float(k3_kl(torch.tensor([-1.0]), torch.tensor([-2.0]))) > 0
-    # no forks -> only the anchor
-    loss2, _ = omni_loss(logp.detach() - 0.5, logp.detach(), mask, torch.full((1, 6), -1), torch.zeros(0), 1.0)
-    assert float(loss2) > 0
+    # away from the reference the anchor alone pulls back
+    x = torch.tensor([-0.5], requires_grad=True)
+    loss, _ = omni_row_loss(x, torch.tensor([-1.0]), torch.zeros(1), kl_coef=1.0)
+    loss.sum().backward()
+    assert float(loss) > 0 and float(x.grad) > 0  # descent lowers log p back towards the reference
 
 
 def test_embedder_offline_similarity():

@@ -1,0 +1,124 @@
+"""OPAD: step-level sampling for multi-turn agents -- one training sample per turn.
+
+Source: the "step-level sampling" of the MAD-OPD code (arXiv 2605.01347; chiefovoavicii/MAD-OPD
+``data/toolace_dataset.py``, ``ToolACEGroupedBatchSampler``, ``toolace_onpolicy_mode``), read for
+semantics only.
+
+Relative to vanilla OPD:
+  1. a trajectory is split into one sample per student turn (context = the history up to it);
+  2. the history is the student's own (``history=student``) or teacher-forced from the env's
+     expert (``history=expert``, the code's default ``teacher_forcing``): the env is driven by expert
+     actions and at each state the student samples only the current turn (the sub-episode ends there);
+  3. the turns of one trajectory stay together: contiguous, and never split by ``max_samples``.
+
+Open details, chosen here: with ``history=expert`` the states come from replaying the expert's
+trajectory (the env has no dataset of conversations); episode ``e`` becomes ``min(L, max_turns)``
+sub-episodes, the ``j``-th replays ``j`` expert actions and lets the student write turn ``j``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from madopd_distill.methods.base import Method, MethodConfig, MethodContext
+from madopd_distill.methods.tcod import ExpertLengths
+from madopd_distill.rollout import Episode, RolloutCollector, RolloutPlan, Sample, Trajectory, to_samples
+
+
+def grouped_batches(group_ids: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Pack sample indices into batches of at most ``batch_size`` without splitting a group.
+
+    Groups keep their order and their members stay contiguous; a group larger than
+    ``batch_size`` gets a batch of its own (the cap is exceeded rather than the group split).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    groups: dict[int, list[int]] = {}
+    for i, g in enumerate(group_ids):
+        groups.setdefault(g, []).append(i)
+    batches: list[list[int]] = []
+    for members in groups.values():
+        if batches and len(batches[-1]) + len(members) <= batch_size:
+            batches[-1].extend(members)
+        else:
+            batches.append(list(members))
+    return batches
+
+
+@dataclass
+class OPADConfig(MethodConfig):
+    """OPAD's knobs (plus :class:`MethodConfig`'s; samples are always per turn).
+
+    Attributes:
+        history: ``student`` (the student's own trajectory) or ``expert`` (teacher-forced expert
+            history; the env must offer ``info["expert_action"]``).
+        max_turns: ``history=expert``: at most this many turn positions per episode.
+        max_samples: at most this many samples per step, whole trajectories only (``None``: all).
+        expert_max_steps: cap on the expert replay that measures an episode's length.
+    """
+
+    sample_mode: str = "turn"
+    reduction: str = "sample_mean"
+    history: str = "student"
+    max_turns: int = 8
+    max_samples: int | None = None
+    expert_max_steps: int = 200
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.sample_mode != "turn":
+            raise ValueError("OPAD samples each turn: sample_mode must be 'turn'")
+        if self.history not in ("student", "expert"):
+            raise ValueError(f"history must be 'student' or 'expert', got {self.history!r}")
+        if self.max_turns < 1 or self.expert_max_steps < 1:
+            raise ValueError("max_turns and expert_max_steps must be >= 1")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ValueError("max_samples must be >= 1 or None")
+
+
+class OPAD(Method):
+    """Per-turn samples from the student's or the expert's history, grouped by trajectory."""
+
+    name = "opad"
+    Config = OPADConfig
+
+    def __init__(self, cfg: OPADConfig, ctx: MethodContext):
+        super().__init__(cfg, ctx)
+        self.needs_expert = cfg.history == "expert"
+        self.lengths = ExpertLengths(cfg.expert_max_steps)
+        self._last: dict[str, float] = {}
+
+    def collect(self, collector: RolloutCollector, episodes: Sequence[Episode], step: int) -> list[Trajectory]:
+        if self.cfg.history == "student":
+            trajs = super().collect(collector, episodes, step)
+            for i, t in enumerate(trajs):
+                t.meta["opad_source"] = i
+            return trajs
+        lengths = self.lengths.measure(collector, episodes)
+        sub, plans = [], []
+        for i, ep in enumerate(episodes):
+            for j in range(min(lengths[(ep.split, ep.task_id)], self.cfg.max_turns)):
+                sub.append(ep)
+                # Replay j expert actions, then the student writes turn j and the sub-episode ends.
+                plans.append(RolloutPlan(writer=lambda t, info, j=j: "expert" if t < j else "student",
+                                         max_student_turns=1, max_env_steps=j + 1,
+                                         meta={"opad_source": i, "opad_turn": j}))
+        return collector.collect(sub, plans)
+
+    def make_samples(self, trajectories: Sequence[Trajectory], step: int) -> list[Sample]:
+        samples = to_samples(trajectories, "turn")
+        source = [trajectories[s.traj_index].meta.get("opad_source", s.traj_index) for s in samples]
+        order = sorted(range(len(samples)), key=lambda i: (source[i], samples[i].traj_index, samples[i].turn_indices))
+        samples, source = [samples[i] for i in order], [source[i] for i in order]
+        for s, g in zip(samples, source):
+            s.meta["opad_group"] = g
+        if self.cfg.max_samples is not None and len(samples) > self.cfg.max_samples:
+            first = grouped_batches(source, self.cfg.max_samples)[0]
+            samples = [samples[i] for i in first]
+        self._last = {"opad/samples": float(len(samples)),
+                      "opad/groups": float(len({s.meta["opad_group"] for s in samples}))}
+        return samples
+
+    def log_metrics(self, trajectories: Sequence[Trajectory], step: int) -> dict[str, float]:
+        return dict(self._last)

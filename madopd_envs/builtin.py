@@ -18,7 +18,8 @@ for _game, _name in _TWX_NAMES.items():
         card=EnvCard(
             family="textworldexpress",
             splits={"train": 1000, "valid": 1000, "test": 1000},
-            metrics="won: engine tasksuccess; score: engine score clipped to [0, 1]; raw_score: engine score",
+            metrics="won: engine tasksuccess; score: engine's normalised score clipped to [0, 1]; raw_score: "
+                    "the game's points (scoreRaw)",
             extra="twx",
             requires=("textworld_express",),
             license="TextWorldExpress (Apache-2.0), games generated from seeds by the engine",

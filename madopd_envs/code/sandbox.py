@@ -9,7 +9,7 @@ user namespace, where the kernel (>= 5.14) counts it per sandbox, so a fork bomb
 starve the others -- and runs the solution in a separate process from the checker, so the verdict
 cannot be forged (see the harness docstring). The host adds a wall-clock timeout, caps stdout and
 stderr, kills the whole process group at the end, and accepts a verdict only from a private pipe
-and only with the run's random nonce.
+and only with the run's random nonce (read with ``ast.literal_eval``: plain values, nothing runs).
 
 Without a usable bwrap the fallback keeps the rlimits, its own process group and the unprivileged
 uid, and warns once, naming what is then not isolated.
@@ -19,9 +19,10 @@ Runs are independent processes, so ``run_many`` runs them in parallel from a thr
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
-import json
+import marshal
 import os
 import secrets
 import selectors
@@ -296,13 +297,13 @@ class Sandbox:
             return failed("output_limit", f"Output limit: your code wrote more than {lim.output_bytes} bytes "
                                           "to stdout/stderr.")
         try:
-            verdict = json.loads(verdict_raw)
+            verdict = ast.literal_eval(verdict_raw.decode("utf-8", "replace")) if verdict_raw else None
             if not (isinstance(verdict, dict) and verdict.get("nonce") == nonce):
                 raise ValueError("no verdict carrying this run's nonce")
             tests = verdict["tests"]
             if len(tests) != len(sources):
                 raise ValueError(f"{len(tests)} results for {len(sources)} tests")
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, SyntaxError, MemoryError, RecursionError) as e:
             return failed("harness_error", f"The sandbox returned no valid verdict ({e}); stderr: {stderr[-500:]}")
         results = tuple(TestResult(s, bool(ok), None if ok else str(err)) for s, (ok, err) in zip(sources, tests))
         setup_errors = tuple(str(e) for e in verdict.get("setup_errors", ()))
@@ -362,9 +363,10 @@ def _encode_job(prelude: str, solution: str, context: str, items: Sequence[tuple
     harness_limits = dataclasses.asdict(lim)
     # The checker stops starting tests a little before the host's kill, so partial results survive.
     harness_limits["budget_s"] = max(lim.timeout_s - 0.25, 0.1)
-    part1 = json.dumps({"prelude": prelude, "solution": solution, "limits": harness_limits}).encode()
-    part2 = json.dumps({"context": context, "items": [list(i) for i in items], "proxies": proxies,
-                        "nonce": nonce}).encode()
+    # marshal: the harness reads it without importing anything (host-made, trusted data).
+    part1 = marshal.dumps({"prelude": prelude, "solution": solution, "limits": harness_limits})
+    part2 = marshal.dumps({"context": context, "items": [(str(k), str(src)) for k, src in items],
+                           "proxies": dict(proxies), "nonce": nonce})
     return struct.pack("!II", len(part1), len(part2)) + part1 + part2
 
 

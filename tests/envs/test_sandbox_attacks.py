@@ -367,3 +367,29 @@ def test_fallback_warns_and_still_applies_limits():
     assert (r.passed, r.total) == (1, 2) and not r.isolated
     r = sb.run("def f():\n    while True:\n        pass\n", "", [("test", "assert candidate() == 1")], entry_point="f")
     assert r.passed == 0 and "Timed out" in r.first_error
+
+
+# -- the codec between the solution's process and the checker ---------------------------------------
+def test_codec_round_trips_and_rejects_malformed_bytes():
+    import random
+
+    from madopd_envs.code._harness import dec, enc
+
+    values = [None, True, 0, -(10 ** 30), 1.5, float("inf"), 2j, "é\udc80", b"\x00", [1, (2, {3})], frozenset({1}),
+              {"k": [None], (1, 2): {}}, range(1, 9, 2)]
+    for v in values:
+        assert dec(enc(v)) == v and type(dec(enc(v))) is type(v)
+    assert list(dec(enc(iter([1, 2])))) == [1, 2]
+    with pytest.raises(TypeError):
+        enc(object())
+    rng = random.Random(0)
+    blobs = [enc(v) for v in values]
+    for _ in range(3000):  # corrupted and random bytes: only ValueError, never a crash or a hang
+        b = bytearray(rng.choice(blobs))
+        for _ in range(rng.randint(1, 3)):
+            b[rng.randrange(len(b))] = rng.randrange(256)
+        for blob in (bytes(b), bytes(b[: rng.randrange(len(b) + 1)]), rng.randbytes(rng.randint(0, 12))):
+            try:
+                dec(blob)
+            except ValueError:
+                pass

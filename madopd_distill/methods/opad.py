@@ -11,9 +11,12 @@ Relative to vanilla OPD:
      actions and at each state the student samples only the current turn (the sub-episode ends there);
   3. the turns of one trajectory stay together: contiguous, and never split by ``max_samples``.
 
-Open details, chosen here: with ``history=expert`` the states come from replaying the expert's
-trajectory (the env has no dataset of conversations); episode ``e`` becomes ``min(L, max_turns)``
-sub-episodes, the ``j``-th replays ``j`` expert actions and lets the student write turn ``j``.
+Open details, chosen here: with ``history=expert`` the states come from replaying the env's expert
+(the env has no dataset of conversations); episode ``e`` becomes ``max_turns`` sub-episodes, the
+``j``-th replays ``j`` expert actions and lets the student write turn ``j`` (none when the expert
+has already finished: no sample). Each sub-episode replays the expert live, so with an env whose
+expert path varies between resets (TextWorldExpress' generated gold paths do) the states of one
+episode's turns come from different expert runs of the same task.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from madopd_distill.methods.base import Method, MethodConfig, MethodContext
-from madopd_distill.methods.tcod import ExpertLengths
 from madopd_distill.rollout import Episode, RolloutCollector, RolloutPlan, Sample, Trajectory, to_samples
 
 
@@ -53,9 +55,8 @@ class OPADConfig(MethodConfig):
     Attributes:
         history: ``student`` (the student's own trajectory) or ``expert`` (teacher-forced expert
             history; the env must offer ``info["expert_action"]``).
-        max_turns: ``history=expert``: at most this many turn positions per episode.
+        max_turns: ``history=expert``: turn positions (sub-episodes) per episode.
         max_samples: at most this many samples per step, whole trajectories only (``None``: all).
-        expert_max_steps: cap on the expert replay that measures an episode's length.
     """
 
     sample_mode: str = "turn"
@@ -63,7 +64,6 @@ class OPADConfig(MethodConfig):
     history: str = "student"
     max_turns: int = 8
     max_samples: int | None = None
-    expert_max_steps: int = 200
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -71,8 +71,8 @@ class OPADConfig(MethodConfig):
             raise ValueError("OPAD samples each turn: sample_mode must be 'turn'")
         if self.history not in ("student", "expert"):
             raise ValueError(f"history must be 'student' or 'expert', got {self.history!r}")
-        if self.max_turns < 1 or self.expert_max_steps < 1:
-            raise ValueError("max_turns and expert_max_steps must be >= 1")
+        if self.max_turns < 1:
+            raise ValueError(f"max_turns must be >= 1, got {self.max_turns}")
         if self.max_samples is not None and self.max_samples < 1:
             raise ValueError("max_samples must be >= 1 or None")
 
@@ -85,8 +85,7 @@ class OPAD(Method):
 
     def __init__(self, cfg: OPADConfig, ctx: MethodContext):
         super().__init__(cfg, ctx)
-        self.needs_expert = cfg.history == "expert"
-        self.lengths = ExpertLengths(cfg.expert_max_steps)
+        self.needs_expert = cfg.history == "expert"  # instance override: the trainer reads it after construction
         self._last: dict[str, float] = {}
 
     def collect(self, collector: RolloutCollector, episodes: Sequence[Episode], step: int) -> list[Trajectory]:
@@ -95,12 +94,12 @@ class OPAD(Method):
             for i, t in enumerate(trajs):
                 t.meta["opad_source"] = i
             return trajs
-        lengths = self.lengths.measure(collector, episodes)
         sub, plans = [], []
         for i, ep in enumerate(episodes):
-            for j in range(min(lengths[(ep.split, ep.task_id)], self.cfg.max_turns)):
+            for j in range(self.cfg.max_turns):
                 sub.append(ep)
                 # Replay j expert actions, then the student writes turn j and the sub-episode ends.
+                # Positions past the expert's end give no student turn and hence no sample.
                 plans.append(RolloutPlan(writer=lambda t, info, j=j: "expert" if t < j else "student",
                                          max_student_turns=1, max_env_steps=j + 1,
                                          meta={"opad_source": i, "opad_turn": j}))

@@ -17,6 +17,11 @@ general form; ``k_start=1, eta=k, k_max=None`` is the code's linear schedule): F
 student's env steps at W, B2F replays ``max(0, L - W)`` expert actions. ``L`` is measured once per
 task by replaying the env's expert (``info["expert_action"]``) to the end, and cached. Episodes whose
 replay already finishes the task produce no samples (as in the code).
+
+Caveat: the code replays a *stored* expert action list; here the prefix is replayed live from the
+env's expert, which reproduces the measured trajectory only when the expert is deterministic.
+TextWorldExpress generates a different gold path on each reset of the same task (Coin train-0:
+3, 13, 3 and 5 actions over four resets), so there ``c`` is relative to one sampled expert run.
 """
 
 from __future__ import annotations
@@ -65,6 +70,8 @@ class TCODConfig(MethodConfig):
         k_start: depth at step 0 (>= 1).
         eta: training steps per extra env step (the code's ``checkpoint_steps``, >= 1).
         k_max: the deepest curriculum depth (``None``: unbounded).
+        student_max_turns: B2F: at most this many student turns after the replay (``None``: play on
+            until the episode ends, as in the paper).
         expert_max_steps: cap on the expert replay that measures ``L``.
     """
 
@@ -74,6 +81,7 @@ class TCODConfig(MethodConfig):
     k_start: int = 1
     eta: int = 6
     k_max: int | None = None
+    student_max_turns: int | None = None
     expert_max_steps: int = 200
 
     def __post_init__(self) -> None:
@@ -86,6 +94,8 @@ class TCODConfig(MethodConfig):
             raise ValueError(f"k_max ({self.k_max}) must be >= k_start ({self.k_start})")
         if self.expert_max_steps < 1:
             raise ValueError("expert_max_steps must be >= 1")
+        if self.student_max_turns is not None and self.student_max_turns < 1:
+            raise ValueError("student_max_turns must be >= 1 or None")
 
 
 class TCOD(Method):
@@ -118,7 +128,7 @@ class TCOD(Method):
             raise ValueError("B2F plans need the task's expert length")
         c = self.replay_length(step, expert_length)
         return RolloutPlan(writer=lambda t, info, c=c: "expert" if t < c else "student",
-                           max_env_steps=self.cfg.max_env_steps,
+                           max_env_steps=self.cfg.max_env_steps, max_student_turns=self.cfg.student_max_turns,
                            meta={"tcod_depth": w, "tcod_replay": c, "tcod_expert_length": expert_length})
 
     def rollout_plan(self, step: int, episode: Episode) -> RolloutPlan:

@@ -3,12 +3,7 @@
 import pytest
 import torch
 
-from madopd_distill.methods.omni_core import k3_kl, omni_row_loss, peak_entropy_forks, shrunk_rewards, token_entropy
-
-
-def test_token_entropy():
-    assert float(token_entropy(torch.zeros(4))) == pytest.approx(torch.log(torch.tensor(4.0)).item())
-    assert float(token_entropy(torch.tensor([100.0, 0.0, 0.0]))) == pytest.approx(0.0, abs=1e-6)
+from madopd_distill.methods.omni_core import k3_kl, omni_row_loss, peak_entropy_forks, shrunk_rewards
 
 
 def test_peak_entropy_forks():
@@ -51,7 +46,7 @@ def test_omni_row_loss_gradient_direction_and_anchor():
     x = torch.tensor([-0.5], requires_grad=True)
     loss, _ = omni_row_loss(x, torch.tensor([-1.0]), torch.zeros(1), kl_coef=1.0)
     loss.sum().backward()
-    assert float(loss) > 0 and float(x.grad) > 0  # descent lowers log p back towards the reference
+    assert float(loss.detach()) > 0 and float(x.grad) > 0  # descent lowers log p back towards the reference
 
 
 def test_embedder_offline_similarity():

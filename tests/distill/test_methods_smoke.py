@@ -38,10 +38,12 @@ def method_args(name: str, m: dict[str, str]) -> list[str]:
     return {
         "mt_opd": [two, "method.teacher_weights=[0.7,0.3]"],
         "mad_opd": [two, "method.rounds=2", "method.debate_max_new_tokens=8"],
-        "opad": [f"teacher={m['s1']}", "method.history=expert", "method.max_turns=2", "rollout.max_env_steps=8"],
+        "opad": [f"teacher={m['s1']}", "method.history=expert", "method.max_turns=2"],
         "tcod_f2b": [f"teacher={m['s1']}", "method.variant=f2b", "method.eta=1"],
-        # B2F: the student takes over for the last W=1 expert step (k_max=1) and plays to the cap.
-        "tcod_b2f": [f"teacher={m['s1']}", "method.variant=b2f", "method.k_max=1", "rollout.max_env_steps=8"],
+        # B2F: the student takes over for the last W=1 expert step (k_max=1), for one turn; the cap
+        # must let the expert finish (TWX Coin's generated gold paths vary in length).
+        "tcod_b2f": [f"teacher={m['s1']}", "method.variant=b2f", "method.k_max=1", "method.student_max_turns=1",
+                     "rollout.max_env_steps=40"],
         "guided": [f"teacher={m['s1']}", "method.p_start=0.5"],
         "sage": [f"teacher={m['s1']}", "method.judge_max_new_tokens=8"],
         "omni": [teachers(("anchor", m["s0"]), ("writer", m["s1"])), "method.chunk_tokens=4",

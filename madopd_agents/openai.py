@@ -120,6 +120,8 @@ class OpenAIAgent:
         try:
             self._request("GET", "/models", retries=1, timeout=min(self.timeout, 5.0))
         except OpenAIError as e:
+            if "HTTP " in str(e):  # something answered (busy, or no /models route): the server is there
+                return
             raise OpenAIError(f"no OpenAI-compatible server answers at {self.base_url} ({e}). Start one, e.g. "
                               f"`python -m madopd_agents.serve --model zoo:smollm2-135m --port 8000` or "
                               f"`vllm serve MODEL`, and pass base_url=http://HOST:PORT/v1") from None

@@ -68,11 +68,6 @@ def mix_teachers(per_teacher: Sequence[torch.Tensor], coefficients: torch.Tensor
     return out
 
 
-def row_samples(batch: StepBatch) -> torch.Tensor:
-    """``[N]`` the sample index of each row (``batch.rows``)."""
-    return batch.rows
-
-
 @dataclass
 class MTOPDConfig(MethodConfig):
     """MT-OPD's knobs (plus the shared ones of :class:`MethodConfig`).
@@ -123,7 +118,7 @@ class MTOPD(Method):
     def loss(self, student: StudentOutput, scores: Sequence[TokenScores], weights: torch.Tensor,
              batch: StepBatch, step: int) -> LossOutput:
         per_teacher = [row_divergence(student, s, batch, self.cfg, kind=self.kind, beta=self.beta) for s in scores]
-        coef = teacher_row_coefficients(row_samples(batch), self.teacher_valid(batch, scores), self.sample_weights(batch))
+        coef = teacher_row_coefficients(batch.rows, self.teacher_valid(batch, scores), self.sample_weights(batch))
         mixed = mix_teachers(per_teacher, coef)
         metrics = {f"teacher/{name}/div": float((d.detach() * batch.reduce_weight).sum())
                    for name, d in zip(self.ctx.teachers, per_teacher)}

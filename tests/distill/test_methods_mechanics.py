@@ -272,3 +272,33 @@ def test_mad_opd_student_sequence_never_holds_the_transcript():
         assert [x for x, keep in zip(ids, mask) if keep] == reply  # teachers score exactly the student's tokens
     assert secret and s.meta["teacher_weights"] == pytest.approx([0.5, 0.5]) and s.meta["confidences"] == [80, 80]
     assert m.kind == "jsd" and m.beta == 0.5  # TWX is agentic: JSD beta = 0.5
+
+
+def test_routing_confidence_router_and_learned_router_in_the_loss():
+    batch, logits, student, scores = _batch()
+    m = build_method("routing", {}, ctx())
+    out = m.loss(student, scores, torch.ones(batch.num_rows), batch, 0)
+    conf = torch.stack([torch.log_softmax(s.logits, -1).max(-1).values for s in scores])
+    expected_share_a = float((conf[0] >= conf[1]).float().mean())
+    assert out.metrics["route/share/a"] == pytest.approx(expected_share_a)
+    d = torch.stack([row_divergence(student, s, batch, m.cfg) for s in scores])
+    routed = torch.where(conf[0] >= conf[1], d[0], d[1])
+    assert float(out.loss.detach()) == pytest.approx(float((batch.reduce_weight * routed).sum().detach()), rel=1e-5)
+    learned = build_method("routing", {"router": "learned"}, ctx())
+    for s, won in zip(batch.samples, [True, False]):
+        s.meta["won"] = won
+    out = learned.loss(student, scores, torch.ones(batch.num_rows), batch, 0)
+    assert out.metrics["route/router_rows"] == float((batch.rows == 0).sum()) and learned.router_trained
+    out = learned.loss(student, scores, torch.ones(batch.num_rows), batch, 1)  # now routed by the trained router
+    assert sum(v for k, v in out.metrics.items() if k.startswith("route/share/")) == pytest.approx(1.0)
+
+
+def test_routing_is_sharper_than_mad_opd_weights():
+    """The contrast the two combiners make: MAD-OPD's softmax(c/100/tau) weighs whole teachers and at
+    tau=1 gives at most ~0.73 to the most confident one; routing hands each token to one teacher."""
+    from madopd_distill.methods.debate import confidence_weights
+    from madopd_distill.methods.routing_core import confidence_route, route_shares
+
+    assert max(confidence_weights([100, 0], tau=1.0)) == pytest.approx(0.731, abs=1e-3)
+    conf = torch.tensor([[[0.9, 0.9, 0.2, 0.9]], [[0.1, 0.1, 0.8, 0.1]]])
+    assert route_shares(confidence_route(conf), torch.ones(1, 4, dtype=torch.bool), 2) == [0.75, 0.25]

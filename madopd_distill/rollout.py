@@ -289,50 +289,46 @@ def to_samples(trajectories: Sequence[Trajectory], mode: Literal["turn", "trajec
 
 
 # -- the prompt layer ------------------------------------------------------------------------------
-class PromptFormat:
-    """How env text becomes a conversation and a reply becomes an action (a minimal default).
+class RolloutPrompt:
+    """The project's prompt layer (:mod:`madopd_envs.prompts`) as the collector uses it.
 
-    The project's prompt layer belongs to ``madopd_envs``/``madopd_agents``; until a family-aware one
-    is wired in, this plain format is used: a system message, the observation (plus the admissible
-    actions when the env lists them) as user messages, the whole history kept -- so contexts stay
-    contiguous -- and the action is the reply's first non-empty line. Subclass to change any step.
+    Observations and replies go into an ``EpisodeHistory``; each turn's conversation is
+    ``render_conversation(history, fmt)``; the action is ``extract_action(reply)``. An expert's
+    action is written as the reply the format asks for (``<action>...</action>``).
+
+    Args:
+        family: the env family (instructions), e.g. ``"textworldexpress"``.
+        fmt: a ``madopd_envs.prompts.PromptFormat``; ``history=None`` (the default here) keeps all
+            turns, so contexts stay contiguous and trajectory-mode samples are exact.
+        open_ended: the env takes free-form answers (code).
     """
 
-    system = ("You are an agent in a text environment. Reply with exactly one action, "
-              "chosen from the admissible actions when they are listed.")
+    def __init__(self, family: str = "text", fmt: Any = None, open_ended: bool = False):
+        from madopd_envs import prompts
 
-    def __init__(self, show_admissible: bool = True, system: str | None = None):
-        self.show_admissible = show_admissible
-        if system is not None:
-            self.system = system
+        self._p = prompts
+        self.family, self.open_ended = family, open_ended
+        self.fmt = fmt if fmt is not None else prompts.PromptFormat(history=None)
 
-    def observation(self, obs: str, info: dict[str, Any]) -> str:
-        text = obs.strip()
-        acts = info.get("admissible_actions")
-        if self.show_admissible and acts:
-            text += "\nAdmissible actions: " + ", ".join(acts)
-        return text
+    @classmethod
+    def for_env(cls, env_id: str, **fmt: Any) -> RolloutPrompt:
+        from madopd_envs import prompts, spec
 
-    def initial(self, obs: str, info: dict[str, Any]) -> Conversation:
-        task = info.get("task") or ""
-        first = (f"Task: {task}\n" if task and task not in obs else "") + self.observation(obs, info)
-        return [{"role": "system", "content": self.system}, {"role": "user", "content": first}]
+        card = spec(env_id).card
+        return cls(card.family, prompts.PromptFormat.from_dict({"history": None, **fmt}), open_ended=card.family == "code")
 
-    def observe(self, conversation: Conversation, obs: str, info: dict[str, Any]) -> Conversation:
-        return conversation + [{"role": "user", "content": self.observation(obs, info)}]
+    def new_history(self) -> Any:
+        return self._p.EpisodeHistory(family=self.family, open_ended=self.open_ended)
 
-    def reply(self, conversation: Conversation, text: str) -> Conversation:
-        return conversation + [{"role": "assistant", "content": text}]
+    def conversation(self, history: Any) -> Conversation:
+        return self._p.render_conversation(history, self.fmt)
 
     def parse_action(self, text: str) -> str:
-        for line in text.splitlines():
-            if line.strip():
-                return line.strip()
-        return text.strip()
+        return self._p.extract_action(text, open_ended=self.open_ended)[0]
 
     def format_action(self, action: str) -> str:
         """An expert's action written as the reply the student should have given."""
-        return action
+        return action if self.open_ended else f"<action>{action}</action>"
 
 
 # -- collection ------------------------------------------------------------------------------------
@@ -410,7 +406,7 @@ class _Live:
         self.episode, self.plan = episode, plan
         self.traj = Trajectory(task_id=episode.task_id, group_id=episode.group_id, env_id=env_id,
                                split=episode.split, meta=dict(plan.meta))
-        self.conv: Conversation = []
+        self.history: Any = None  # madopd_envs.prompts.EpisodeHistory
         self.info: dict[str, Any] = {}
         self.done = False
         self.action_turns = 0
@@ -427,15 +423,15 @@ class RolloutCollector:
         num_envs: worker processes (episodes run in waves of this size).
         student: the policy being trained (an ``Agent`` that returns token ids and logprobs).
         sampling: the student's sampling parameters (``n`` must be 1: groups are separate episodes).
-        prompt: the prompt format (default :class:`PromptFormat`).
+        prompt: the prompt layer (default: :meth:`RolloutPrompt.for_env`).
         teacher_agent: writes the turns a plan gives to ``"teacher"`` (same tokenizer as the student).
         expert: make the envs with ``expert=True`` so ``info["expert_action"]`` is available.
         max_env_steps: default per-episode step cap (a plan may lower it).
         env_kwargs: passed to ``make_vec``/``make``.
     """
 
-    def __init__(self, env_id: str, num_envs: int, student: Agent, sampling: SamplingParams, *,
-                 prompt: PromptFormat | None = None, teacher_agent: Agent | None = None,
+    def __init__(self, env_id: str, num_envs: int, student: Agent | None, sampling: SamplingParams, *,
+                 prompt: RolloutPrompt | None = None, teacher_agent: Agent | None = None,
                  expert: bool = False, max_env_steps: int | None = None,
                  env_kwargs: dict[str, Any] | None = None):
         from madopd_envs import make_vec
@@ -444,7 +440,7 @@ class RolloutCollector:
             raise ValueError("RolloutCollector samples one reply per conversation; use group_size for groups")
         self.env_id, self.num_envs = env_id, num_envs
         self.student, self.sampling, self.teacher_agent = student, sampling, teacher_agent
-        self.prompt = prompt or PromptFormat()
+        self.prompt = prompt or RolloutPrompt.for_env(env_id)
         self.expert, self.max_env_steps = expert, max_env_steps
         self.vec = make_vec(env_id, num_envs, expert=expert, **(env_kwargs or {}))
         self.last_stats = RolloutStats()
@@ -458,9 +454,21 @@ class RolloutCollector:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def collect(self, episodes: Sequence[Episode], plans: Sequence[RolloutPlan] | None = None) -> list[Trajectory]:
-        """Play ``episodes`` (in order; ``plans[i]`` shapes episode ``i``) and return their trajectories."""
+    def collect(self, episodes: Sequence[Episode], plans: Sequence[RolloutPlan] | None = None, *,
+                sampling: SamplingParams | None = None, student: Agent | None = None) -> list[Trajectory]:
+        """Play ``episodes`` (in order; ``plans[i]`` shapes episode ``i``) and return their trajectories.
+
+        ``sampling``/``student`` override the collector's for this call (e.g. greedy evaluation).
+        """
         plans = list(plans) if plans is not None else [RolloutPlan() for _ in episodes]
+        saved = self.sampling, self.student
+        self.sampling, self.student = sampling or self.sampling, student or self.student
+        try:
+            return self._collect(episodes, plans)
+        finally:
+            self.sampling, self.student = saved
+
+    def _collect(self, episodes: Sequence[Episode], plans: list[RolloutPlan]) -> list[Trajectory]:
         if len(plans) != len(episodes):
             raise ValueError(f"{len(episodes)} episodes but {len(plans)} plans")
         stats, t0 = RolloutStats(episodes=len(episodes)), time.perf_counter()
@@ -484,7 +492,8 @@ class RolloutCollector:
                 lv.traj.error, lv.done = info.get("error", "reset failed"), True
                 continue
             lv.info = info
-            lv.conv = self.prompt.initial(o, info)
+            lv.history = self.prompt.new_history()
+            lv.history.observe(o, info)
             lv.traj.turns.append(Turn("prompt", text=o, provenance="system", env_step=0))
         while True:
             active = [i for i in idx if not wave[i].done]
@@ -520,22 +529,26 @@ class RolloutCollector:
 
     def _sample(self, who: Writer, lives: list[_Live], stats: RolloutStats) -> None:
         agent = self.student if who == "student" else self.teacher_agent
-        outs: list[ActionOutput] = agent.act([lv.conv for lv in lives], self.sampling, [lv.info for lv in lives])
+        if agent is None:
+            raise ValueError("a turn fell to the student, but the collector has no student agent "
+                             "(expert-only collection left the expert's path)")
+        convs = [self.prompt.conversation(lv.history) for lv in lives]
+        outs: list[ActionOutput] = agent.act(convs, self.sampling, [lv.info for lv in lives])
         if len(outs) != len(lives):
             raise RuntimeError(f"{agent.name} returned {len(outs)} outputs for {len(lives)} conversations")
-        for lv, o in zip(lives, outs):
+        for lv, o, conv in zip(lives, outs, convs):
             if o.prompt_token_ids is None or len(o.logprobs) != len(o.token_ids):
                 raise ValueError(f"{agent.name} must return prompt_token_ids and one logprob per token for on-policy rollouts")
             ctx = list(o.prompt_token_ids)
             self._fill_gap(lv, ctx)
             turn = Turn(who, text=o.text, token_ids=list(o.token_ids), logprobs=list(o.logprobs),
                         provenance="sampled" if who == "student" else "teacher_sampled",
-                        env_step=lv.action_turns + 1, context_ids=ctx, context=[dict(m) for m in lv.conv],
+                        env_step=lv.action_turns + 1, context_ids=ctx, context=conv,
                         action=self.prompt.parse_action(o.text),
                         info={"finish_reason": o.finish_reason, "expert_missing": lv.expert_missing})
             lv.traj.turns.append(turn)
             lv.prev_seq = ctx + turn.token_ids
-            lv.conv = self.prompt.reply(lv.conv, o.text)
+            lv.history.reply(o.text)
             if who == "student":
                 lv.student_turns += 1
                 stats.sampled_tokens += len(o.token_ids)
@@ -554,8 +567,8 @@ class RolloutCollector:
         action = lv.info["expert_action"]
         text = self.prompt.format_action(action)
         lv.traj.turns.append(Turn("teacher", text=text, provenance="expert", env_step=lv.action_turns + 1,
-                                  action=action))
-        lv.conv = self.prompt.reply(lv.conv, text)
+                                  action=action, context=self.prompt.conversation(lv.history)))
+        lv.history.reply(text)
 
     def _observe(self, lv: _Live, obs: str | None, reward: float, terminated: bool, truncated: bool,
                  info: dict[str, Any]) -> None:
@@ -571,7 +584,7 @@ class RolloutCollector:
         lv.traj.won = bool(info.get("won", False))
         lv.traj.score = float(info.get("score", 0.0))
         lv.traj.turns.append(Turn("env", text=obs or "", provenance="observation", env_step=lv.action_turns))
-        lv.conv = self.prompt.observe(lv.conv, obs or "", info)
+        lv.history.observe(obs or "", info)
         cap = min(x for x in (lv.plan.max_env_steps, self.max_env_steps, math.inf) if x is not None)
         plan_stop = lv.plan.max_student_turns is not None and lv.student_turns >= lv.plan.max_student_turns
         if terminated or truncated or lv.action_turns >= cap or plan_stop:

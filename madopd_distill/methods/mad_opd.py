@@ -59,6 +59,7 @@ class MADOPDConfig(MTOPDConfig):
         debate_temperature / debate_top_p: debate sampling (the paper: 0.7 / 0.8).
         max_teacher_tokens: drop a teacher for a turn when its privileged context is longer
             (``None``: never).
+        teacher_weights: unused: each turn's debate sets the weights.
     """
 
     divergence: str = "auto"

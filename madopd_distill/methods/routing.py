@@ -45,6 +45,7 @@ class RoutingConfig(MTOPDConfig):
         router_hidden: hidden units of the learned router.
         router_lr: its learning rate.
         router_top_k: how many of each teacher's top log-probs feed the router's features.
+        teacher_weights: unused: the router picks one teacher per token.
     """
 
     router: str = "confidence"

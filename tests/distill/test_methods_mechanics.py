@@ -302,3 +302,22 @@ def test_routing_is_sharper_than_mad_opd_weights():
     assert max(confidence_weights([100, 0], tau=1.0)) == pytest.approx(0.731, abs=1e-3)
     conf = torch.tensor([[[0.9, 0.9, 0.2, 0.9]], [[0.1, 0.1, 0.8, 0.1]]])
     assert route_shares(confidence_route(conf), torch.ones(1, 4, dtype=torch.bool), 2) == [0.75, 0.25]
+
+
+@pytest.mark.parametrize("name", ["mt_opd", "mad_opd", "opad", "tcod", "guided", "sage", "omni", "routing"])
+def test_hydra_method_config_matches_its_dataclass(name):
+    import dataclasses
+    from pathlib import Path
+
+    import yaml
+
+    from madopd_distill.methods import method_class
+
+    path = Path(__file__).resolve().parents[2] / "leaderboards" / "conf" / "distill" / "method" / f"{name}.yaml"
+    conf = yaml.safe_load(path.read_text())
+    assert conf.pop("name") == name
+    cls = method_class(name).Config
+    defaults = cls().to_dict()
+    assert set(conf) == {f.name for f in dataclasses.fields(cls)}
+    assert conf == {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()}
+    cls.from_dict(conf)  # the YAML builds a valid config

@@ -31,7 +31,7 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
 eval: $(STAMP)
-	$(PY) -m madopd_envs.eval --leaderboard default --output runs/eval-default --resume
+	$(PY) -m madopd_envs.eval --agent expert --agent random --agent smollm2-135m --leaderboard default --output runs/eval-default --resume
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'

@@ -27,7 +27,7 @@ LINE_PREFIX = re.compile(r"^\s*(action|act|command)\s*[:>]\s*", re.IGNORECASE)
 # The reply format goes at the END of the newest user message: small models follow the last
 # instruction they read and tend to echo the observation when it is only in the system message.
 ASK_ACTION = "Which action do you take next? Answer with one action inside <action></action> tags."
-ASK_ANSWER = "Answer with your complete solution inside <action></action> tags."
+ASK_ANSWER = "Reply with your complete solution in a ```python code block."
 REACT_HINT = "Before each action, think in one or two short sentences (Thought: ...), then give the action."
 
 FAMILY_INSTRUCTIONS: dict[str, str] = {
@@ -50,8 +50,8 @@ FAMILY_INSTRUCTIONS: dict[str, str] = {
         "search[keywords] and click[button or product]. Buy the best matching item with the right options."
     ),
     "code": (
-        "You are a programmer. Write a complete, correct Python solution to the problem. "
-        "Put the whole solution code inside <action>...</action> (a ```python fence inside is fine)."
+        "You are a programmer. Write a complete, correct Python solution to the problem in a ```python "
+        "code block. You will see the test results and may revise."
     ),
     "text": "You are an agent in a text environment. You interact by typing text commands.",
 }
@@ -175,7 +175,8 @@ def extract_action(reply: str, *, open_ended: bool = False,
     ``format_ok`` is False when the reply had no ``<action>`` tag; the action is then the first line
     that is exactly an admissible action (list bullets stripped), else the last non-empty line (or
     nothing: an empty action, which the env answers in words). For open-ended envs (code) a ```python
-    fence inside (or instead of) the tags is unwrapped.
+    block is the expected format (inside tags or not); without one the whole reply is the answer
+    (invalid format).
     """
     text = THINK_BLOCK.sub("", reply or "")
     tagged = ACTION_TAG.findall(text)
@@ -185,8 +186,8 @@ def extract_action(reply: str, *, open_ended: bool = False,
         opened = OPEN_TAG.search(text)  # a reply cut by max_new_tokens inside its action still counts
         if opened:
             action, ok = opened.group(1), True
-        elif open_ended and CODE_FENCE.search(text):
-            action, ok = CODE_FENCE.findall(text)[-1][0], False
+        elif open_ended and CODE_FENCE.search(text):  # the format code envs ask for
+            action, ok = CODE_FENCE.findall(text)[-1][0], True
         else:
             lines = [LINE_PREFIX.sub("", ln.strip().lstrip("-*").strip()) for ln in text.splitlines() if ln.strip()]
             known = {" ".join(a.split()).lower() for a in admissible or []}

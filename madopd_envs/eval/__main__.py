@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="with --env: the split (default: test, else the env's last split)")
     p.add_argument("--episodes", type=int, help="episodes per env and seed (default 10 with --env; "
                                                 "overrides the leaderboard's when given)")
-    p.add_argument("--max-steps", type=int, help="actions per episode (default 50 with --env)")
+    p.add_argument("--max-steps", type=int, help="actions per episode (default: the env's registered limit)")
     p.add_argument("--seed", type=int, help="episode seed (default 0 with --env; overrides the leaderboard's)")
     p.add_argument("--num-envs", type=int, default=4, help="episodes played at once, each in its own worker")
     p.add_argument("--output", type=Path, help="results folder (default runs/eval/<agent>-<leaderboard|env>)")
@@ -62,7 +62,7 @@ def entries_from_args(args: argparse.Namespace) -> tuple[list[Entry], str | None
     split = args.split or ("test" if "test" in splits else splits[-1])
     if card.splits and split not in card.splits:
         raise ConfigError(f"{args.env} has no split {split!r}; known: {', '.join(splits)}")
-    return [Entry(env=args.env, split=split, episodes=args.episodes or 10, max_steps=args.max_steps or 50,
+    return [Entry(env=args.env, split=split, episodes=args.episodes or 10, max_steps=args.max_steps,
                   seeds=(0 if args.seed is None else args.seed,))], None
 
 

@@ -59,9 +59,13 @@ def load_yaml(path: Path) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     try:
-        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        raw = OmegaConf.load(path)
     except Exception as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    try:
+        data = OmegaConf.to_container(raw, resolve=True)
+    except Exception as e:  # ${oc.env:VAR} of an unset variable, typically
+        raise ConfigError(f"{path}: cannot resolve {str(e).splitlines()[0]} (set it, or use another config)") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data
@@ -74,23 +78,29 @@ class Entry:
     Attributes:
         env: a registered env id.
         split: the split tasks come from.
-        episodes: tasks per seed: the first ``episodes`` task ids of the split, in the env's order
-            (or ``task_ids`` when given).
-        max_steps: actions per episode before truncation.
+        episodes: tasks per seed, chosen from the split's task ids (in the env's order) by ``select``.
+        max_steps: actions per episode before truncation (``None``: the env's registered limit).
         seeds: each seed replays the tasks once (the env seed of the episode).
-        task_ids: explicit tasks instead of the first ``episodes``.
+        task_ids: explicit tasks instead of a selection.
+        select: ``spread`` takes ``episodes`` evenly spaced tasks (covering task types/games that the
+            split lists in blocks), ``first`` the first ``episodes``.
+        env_kwargs: passed to ``make`` (e.g. ``data_path`` of official data), as sorted pairs.
     """
 
     env: str
     split: str = "test"
     episodes: int = 10
-    max_steps: int = 50
+    max_steps: int | None = None
     seeds: tuple[int, ...] = (0,)
     task_ids: tuple[str, ...] | None = None
+    select: str = "spread"
+    env_kwargs: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
-        if self.episodes < 1 or self.max_steps < 1 or not self.seeds:
+        if self.episodes < 1 or (self.max_steps is not None and self.max_steps < 1) or not self.seeds:
             raise ConfigError(f"{self.env}: episodes and max_steps must be >= 1 and seeds non-empty")
+        if self.select not in ("spread", "first"):
+            raise ConfigError(f"{self.env}: select must be 'spread' or 'first', got {self.select!r}")
 
 
 @dataclass(frozen=True)
@@ -109,6 +119,10 @@ def _entry(raw: dict[str, Any], where: str) -> Entry:
     raw = dict(raw)
     if "seeds" in raw:
         raw["seeds"] = tuple(int(s) for s in (raw["seeds"] if isinstance(raw["seeds"], list) else [raw["seeds"]]))
+    if raw.get("env_kwargs") is not None:
+        if not isinstance(raw["env_kwargs"], dict):
+            raise ConfigError(f"{where}: env_kwargs must be a mapping")
+        raw["env_kwargs"] = tuple(sorted(raw["env_kwargs"].items()))
     if raw.get("task_ids") is not None:
         raw["task_ids"] = tuple(str(t) for t in raw["task_ids"])
         raw.setdefault("episodes", len(raw["task_ids"]))
@@ -163,10 +177,29 @@ def plan_entry(entry: Entry, task_ids: list[str]) -> Plan:
             raise ConfigError(f"{entry.env} split {entry.split!r} has no tasks {missing[:5]}")
         chosen = list(entry.task_ids)[: entry.episodes]
     else:
-        chosen = task_ids[: entry.episodes]
+        chosen = select_tasks(task_ids, entry.episodes, entry.select)
         if len(chosen) < entry.episodes:
             plan.notes.append(f"{entry.env}/{entry.split}: asked for {entry.episodes} episodes, "
                               f"the split has {len(task_ids)} tasks")
+    max_steps = entry.max_steps or 50
     for seed in entry.seeds:
-        plan.units += [Unit(entry.env, entry.split, t, seed, entry.max_steps) for t in chosen]
+        plan.units += [Unit(entry.env, entry.split, t, seed, max_steps) for t in chosen]
     return plan
+
+
+def select_tasks(task_ids: list[str], n: int, how: str = "spread") -> list[str]:
+    """``n`` task ids: the first ``n``, or ``n`` evenly spaced ones (``i * len / n``), in order."""
+    if n >= len(task_ids) or how == "first":
+        return task_ids[:n]
+    return [task_ids[(i * len(task_ids)) // n] for i in range(n)]
+
+
+def with_env_limits(entry: Entry) -> Entry:
+    """``entry`` with ``max_steps`` filled from the env's registered limit when the config left it out."""
+    if entry.max_steps is not None:
+        return entry
+    from dataclasses import replace
+
+    from madopd_envs.registry import spec
+
+    return replace(entry, max_steps=spec(entry.env).max_episode_steps or 50)

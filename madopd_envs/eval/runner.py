@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from madopd_envs.eval.config import ConfigError, Entry, Plan, Unit, plan_entry
+from madopd_envs.eval.config import ConfigError, Entry, Plan, Unit, plan_entry, with_env_limits
 from madopd_envs.eval.results import EpisodeRecord, EpisodeStore, StepRecord
 from madopd_envs.prompts import EpisodeHistory, PromptFormat, extract_action, render_conversation
 
@@ -72,8 +72,8 @@ def plan_entries(entries: list[Entry]) -> list[tuple[Entry, Plan]]:
     from madopd_envs.registry import make
 
     plans = []
-    for entry in entries:
-        env = make(entry.env)
+    for entry in map(with_env_limits, entries):
+        env = make(entry.env, **dict(entry.env_kwargs))
         try:
             task_ids = list(env.tasks(entry.split))
         finally:
@@ -113,7 +113,7 @@ def run_entry(agent: Any, *, agent_name: str, needs_expert: bool, sampling: Any,
         return stats
     family, open_ended = env_traits(entry.env)
     n = min(num_envs, len(units))
-    env_kwargs: dict[str, Any] = {"max_episode_steps": entry.max_steps}
+    env_kwargs: dict[str, Any] = {**dict(entry.env_kwargs), "max_episode_steps": entry.max_steps}
     if needs_expert:
         env_kwargs["expert"] = True
     queue: deque[tuple[Unit, int, str | None]] = deque((u, 1, None) for u in units)
@@ -231,7 +231,7 @@ def evaluate(*, agent_name: str, agent_args: dict[str, Any], entries: list[Entry
     output = Path(output)
     store = EpisodeStore(output / "episodes.jsonl")
     run_info = {"agent": card.name, "agent_card": card.source, "agent_args": agent_args, "leaderboard": leaderboard,
-                "entries": [{**e.__dict__, "seeds": list(e.seeds),
+                "entries": [{**e.__dict__, "seeds": list(e.seeds), "env_kwargs": dict(e.env_kwargs),
                              "task_ids": None if e.task_ids is None else list(e.task_ids)} for e in entries]}
     run_path = output / "run.json"
     if store.path.exists() and not resume:

@@ -112,3 +112,21 @@ def stop_engine(engine: Any, timeout: float = 5.0) -> None:
 def _stop_all() -> None:
     for engine in list(_LIVE):
         stop_engine(engine, timeout=2.0)
+
+
+def child_jvms(pid: int | None = None) -> list[int]:
+    """Pids of the running java processes below ``pid`` (default: this process), at any depth."""
+    import psutil
+
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    out = []
+    for p in children:
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE and p.name() == "java":
+                out.append(p.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out

@@ -51,13 +51,16 @@ UNPARSED_PREFIXES = ("No known action matches that input.", "Unknown action.")
 # every load of a variation identical -- measured in benchmarks/bench_jvm.py.
 JAVA_OPTIONS = f"{DEFAULT_JAVA_OPTIONS} {DETERMINISTIC_HASH_OPTIONS}"
 
+GOLD_CACHE_SIZE = 512  # gold paths kept per env (a few KB each)
+
 
 class ScienceWorldEnv(TextEnv):
     """ScienceWorld tasks and variations behind the TextEnv contract.
 
     ``reset()`` without a ``task_id`` picks a task uniformly, then one of its variations in the split
     uniformly (a uniform draw over all 7207 ids would give ``inclined-plane-friction-named-surfaces``
-    a fifth of all episodes).
+    a fifth of all episodes). ``reset(options={"simplification": "easy"})`` sets the simplifications
+    of one episode.
 
     Args:
         tasks: restrict enumeration and sampling to these task names (default: all 30).
@@ -90,6 +93,7 @@ class ScienceWorldEnv(TextEnv):
             raise ValueError("ScienceWorldEnv: tasks is empty; give task names or None for all 30")
         self.task_names = [check_task(t) for t in names]
         self.simplification = parse_simplifications(simplification)
+        self._episode_simplification = self.simplification
         if "noElectricalAction" in self.simplification.split(","):
             bad = [t for t in self.task_names if is_electrical(t)]
             if bad:
@@ -99,6 +103,7 @@ class ScienceWorldEnv(TextEnv):
         self.java_options = java_options
         self._engine: Any = None
         self._gold: list[str] = []
+        self._gold_cache: dict[tuple[str, int, str], list[str]] = {}
         self._gold_pos = 0
         self._task_text = ""
         self._score = 0.0
@@ -109,6 +114,8 @@ class ScienceWorldEnv(TextEnv):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         options = dict(options or {})
+        self._episode_simplification = (parse_simplifications(options.pop("simplification"))
+                                        if "simplification" in options else self.simplification)
         if options.get("task_id") is None:
             # Task-balanced draw; seeding here so the base class draws nothing more.
             gymnasium.Env.reset(self, seed=seed)
@@ -164,18 +171,26 @@ class ScienceWorldEnv(TextEnv):
         actual = split_of(task, variation)
         if actual != split:
             raise ValueError(f"ScienceWorld {task_id!r} is in split {actual!r}, not {split!r}")
-        if is_electrical(task) and "noElectricalAction" in self.simplification.split(","):
+        simplification = self._episode_simplification
+        if is_electrical(task) and "noElectricalAction" in simplification.split(","):
             raise ValueError(f"{task} needs electrical actions; it cannot run with noElectricalAction")
         server = self._engine_or_start().server
         try:
-            # load() builds the world from the variation's seed (and, for the expert, plays the gold
-            # path in a copy first); the first observation is a "look around", as upstream's reset().
-            error = server.load(task, variation, self.simplification, self.expert)
+            # load() builds the world from the variation's seed (and, to make the gold path, plays a
+            # copy first: 0.1-15 s, so each variation's path is made once per env -- loads are
+            # deterministic); the first observation is a "look around", as upstream's reset().
+            key = (task, variation, simplification)
+            generate = self.expert and key not in self._gold_cache
+            error = server.load(task, variation, simplification, generate)
             if error:
                 raise RuntimeError(f"ScienceWorld could not load {task_id!r}: {error}")
+            if generate:
+                if len(self._gold_cache) >= GOLD_CACHE_SIZE:
+                    self._gold_cache.pop(next(iter(self._gold_cache)))
+                self._gold_cache[key] = [str(a) for a in server.getGoldActionSequence()]
+            self._gold = self._gold_cache[key] if self.expert else []
             obs = server.step("look around")
             self._task_text = str(server.getTaskDescription())
-            self._gold = [str(a) for a in server.getGoldActionSequence()] if self.expert else []
             raw = int(round(100 * server.getScore()))
             listed = list(server.getValidActionObjectCombinations()) if self.admissible else None
         except Py4JError as e:

@@ -13,7 +13,7 @@ Task ids are ``"<task name>/<variation>"``, e.g. ``"boil/17"``; our split names 
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from typing import Any, Iterable
 
 # name -> (paper id, #train, #dev, #test), in the paper's order (topic 1-1 ... 10-2).
 TASKS: dict[str, tuple[str, int, int, int]] = {
@@ -127,18 +127,22 @@ def parse_simplifications(spec: str | Iterable[str] | None) -> str:
     return ",".join(names)
 
 
-def check_with_engine() -> list[str]:
-    """Compare this module's table with the installed engine; return the differences in words."""
+def check_with_engine(engine: Any = None, tasks: Iterable[str] | None = None) -> list[str]:
+    """Compare this module's table with the engine (a ``scienceworld.ScienceWorldEnv``; default: a
+    new one) for ``tasks`` (default: all); return the differences in words. It loads tasks."""
     from madopd_envs.jvm import start_engine, stop_engine
-    from scienceworld import ScienceWorldEnv
 
-    engine = start_engine(lambda: ScienceWorldEnv("", envStepLimit=10_000))
+    own = engine is None
+    if own:
+        from scienceworld import ScienceWorldEnv
+
+        engine = start_engine(lambda: ScienceWorldEnv("", envStepLimit=10_000))
     problems = []
     try:
         names = list(engine.get_task_names())
         if sorted(names) != sorted(TASKS):
             problems.append(f"task names differ: engine {sorted(names)} vs table {sorted(TASKS)}")
-        for name in names:
+        for name in names if tasks is None else list(tasks):
             if name not in TASKS:
                 continue
             engine.load(name, 0, "", generateGoldPath=False)
@@ -148,7 +152,8 @@ def check_with_engine() -> list[str]:
                 if list(got) != list(variations(name, split)):
                     problems.append(f"{name} {split}: engine {list(got)} vs table {list(variations(name, split))}")
     finally:
-        stop_engine(engine)
+        if own:
+            stop_engine(engine)
     return problems
 
 

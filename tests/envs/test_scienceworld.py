@@ -1,0 +1,216 @@
+"""ScienceWorld on the real engine: splits, scoring and failure, gold-path expert, lazy valid actions,
+deterministic reloads, JVM memory cap, crash detection/restart, and no JVM left behind.
+
+One module-wide env (one JVM) serves most tests: a JVM start and a first load cost seconds here.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import psutil
+import pytest
+
+import madopd_envs
+from madopd_envs.jvm import EngineCrashed, child_jvms, java_process
+from madopd_envs.scienceworld.tasks import (
+    TASKS,
+    check_with_engine,
+    parse_simplifications,
+    parse_task_id,
+    split_of,
+    task_ids,
+    variations,
+)
+
+pytest.importorskip("scienceworld")
+
+SHORT = "lifespan-longest-lived/93"  # a test variation whose gold path is 4 actions
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_jvm_left_after_the_session():
+    """At the end of the test session no JVM may still run below this process."""
+    yield
+    leftover = child_jvms()
+    assert not leftover, f"JVMs still running after the test session: {leftover}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_jvm_left_by_this_module():
+    before = set(child_jvms())
+    yield
+    leftover = set(child_jvms()) - before
+    assert not leftover, f"test_scienceworld left JVMs running: {sorted(leftover)}"
+
+
+@pytest.fixture(scope="module")
+def env():
+    e = madopd_envs.make("madopd/ScienceWorld-v0", expert=True, split="test")
+    yield e
+    e.close()
+
+
+# -- the task table (no JVM) ---------------------------------------------------------------------
+def test_table_holds_30_tasks_and_7207_contiguous_variations():
+    assert len(TASKS) == 30
+    sizes = {s: len(task_ids(s)) for s in ("train", "valid", "test")}
+    assert sizes == {"train": 3592, "valid": 1796, "test": 1819} and sum(sizes.values()) == 7207
+    assert madopd_envs.spec("madopd/ScienceWorld-v0").card.splits == sizes
+    for task in TASKS:
+        tr, dv, te = (variations(task, s) for s in ("train", "valid", "test"))
+        assert tr.start == 0 and tr.stop == dv.start and dv.stop == te.start
+    assert split_of("boil", 13) == "train" and split_of("boil", 14) == "valid" and split_of("boil", 29) == "test"
+
+
+def test_bad_task_ids_and_simplifications_fail_in_words():
+    assert parse_task_id("boil/17") == ("boil", 17)
+    with pytest.raises(ValueError, match="Did you mean 'boil'"):
+        parse_task_id("boill/3")
+    with pytest.raises(ValueError, match="0..29"):
+        parse_task_id("boil/30")
+    with pytest.raises(ValueError, match="look like"):
+        parse_task_id("boil")
+    assert parse_simplifications("easy") == "easy"
+    assert parse_simplifications(["openDoors", "teleportAction"]) == "openDoors,teleportAction"
+    with pytest.raises(ValueError, match="Did you mean 'openDoors'"):
+        parse_simplifications("openDoor")
+    with pytest.raises(ValueError, match="connect"):
+        madopd_envs.make("madopd/ScienceWorld-v0", simplification="noElectricalAction")
+    with pytest.raises(ValueError, match="unknown ScienceWorld task"):
+        madopd_envs.make("madopd/ScienceWorld-v0", tasks=["boiling"])
+
+
+def test_task_outside_the_split_is_refused_before_any_jvm_starts():
+    e = madopd_envs.make("madopd/ScienceWorld-v0", split="test")
+    with pytest.raises(ValueError, match="is in split 'train', not 'test'"):
+        e.reset(options={"task_id": "boil/0"})
+    assert e._engine is None
+    e.close()
+
+
+# -- the engine ------------------------------------------------------------------------------
+def test_table_matches_the_engine(env):
+    env.reset(options={"task_id": SHORT})
+    assert check_with_engine(env._engine, tasks=["boil", "find-plant", "mendelian-genetics-unknown-plant"]) == []
+
+
+def test_jvm_runs_with_capped_heap_and_deterministic_hashes(env):
+    env.reset(options={"task_id": SHORT})
+    options = psutil.Process(java_process(env._engine).pid).environ()["JAVA_TOOL_OPTIONS"]
+    assert "-Xmx384m" in options and "-XX:hashCode=2" in options
+
+
+def test_gold_path_expert_wins_with_full_score(env):
+    obs, info = env.reset(options={"task_id": SHORT})
+    assert "longest life span" in info["task"] and info["raw_score"] == 0.0
+    total, steps, term = 0.0, 0, False
+    while not term:
+        assert info["expert_action"], f"expert ran out at step {steps}"
+        obs, reward, term, trunc, info = env.step(info["expert_action"])
+        total, steps = total + reward, steps + 1
+        assert not trunc
+    assert info["won"] and info["score"] == 1.0 and info["raw_score"] == 100.0
+    assert total == pytest.approx(1.0)  # rewards are score deltas
+    assert steps <= 4
+
+
+def test_failure_is_minus_100_raw_zero_score_and_ends_the_episode(env):
+    env.reset(options={"task_id": SHORT})
+    env.step("open door to outside")
+    _, _, _, _, info = env.step("go to outside")
+    assert info["raw_score"] == 50.0 and info["score"] == 0.5
+    obs, reward, term, trunc, info = env.step("focus on baby baby mouse")  # the wrong animal
+    assert term and not info["won"]
+    assert info["raw_score"] == -100.0 and info["score"] == 0.0 and reward == pytest.approx(-0.5)
+
+
+def test_leaving_the_gold_path_withdraws_the_expert(env):
+    _, info = env.reset(options={"task_id": SHORT})
+    assert info["expert_action"] == "open door to outside"
+    _, _, _, _, info = env.step("look around")
+    assert info["expert_action"] is None
+
+
+def test_unparsed_action_is_invalid_and_answered(env):
+    env.reset(options={"task_id": SHORT})
+    obs, reward, term, trunc, info = env.step("fly to the moon")
+    assert obs.startswith("No known action") and info["action_valid"] is False and not term
+
+
+def test_valid_action_listing_is_optional_and_changes_nothing_else(env):
+    actions = ["open door to outside", "go to outside", "look around"]
+    traces = {}
+    for admissible in (True, False):
+        env.admissible = admissible
+        obs, info = env.reset(options={"task_id": SHORT})
+        trace = [(obs, info["raw_score"])]
+        for a in actions:
+            obs, r, term, trunc, info = env.step(a)
+            trace.append((obs, r, term, info["raw_score"], info["action_valid"]))
+        traces[admissible] = (trace, info["admissible_actions"], env.admissible_actions())
+    env.admissible = True
+    assert traces[True][0] == traces[False][0]
+    assert traces[False][1] is None
+    assert traces[True][1] == traces[False][2] and "focus on crocodile" in traces[True][1]
+
+
+def test_reloads_are_deterministic_whatever_was_loaded_before(env):
+    # With the engine's default identity hashes these render their objects in varying orders.
+    seen: dict[str, set[str]] = {"find-animal/263": set(), "chemistry-mix/24": set()}
+    for task_id in list(seen) * 3:
+        obs, _ = env.reset(options={"task_id": task_id})
+        seen[task_id].add(obs)
+    assert all(len(s) == 1 for s in seen.values()), seen
+
+
+def test_simplification_as_a_reset_option(env):
+    plain_obs, plain = env.reset(options={"task_id": "find-animal/263"})
+    easy_obs, easy = env.reset(options={"task_id": "find-animal/263", "simplification": "easy"})
+    assert not any(a.startswith("teleport to") for a in plain["admissible_actions"])
+    assert "teleport to kitchen" in easy["admissible_actions"]
+    assert "hallway (that is closed)" in plain_obs and "hallway (that is open)" in easy_obs
+    _, after = env.reset(options={"task_id": "find-animal/263"})  # one episode only
+    assert after["admissible_actions"] == plain["admissible_actions"]
+
+
+def test_crashed_jvm_is_reported_and_replaced_on_reset(env):
+    env.reset(options={"task_id": SHORT})
+    proc = java_process(env._engine)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    with pytest.raises(EngineCrashed, match=r"exited with code -9.*next reset\(\) starts a new JVM"):
+        env.step("open door to outside")
+    with pytest.raises(EngineCrashed, match=r"call reset\(\)"):
+        env.step("open door to outside")
+    obs, info = env.reset(options={"task_id": SHORT})
+    assert "greenhouse" in obs and java_process(env._engine).pid != proc.pid
+    _, _, _, _, info = env.step(info["expert_action"])
+    assert info["action_valid"]
+
+
+def test_close_is_idempotent_and_ends_the_jvm(env):  # last user of the module's env
+    env.reset(options={"task_id": SHORT})
+    proc = java_process(env._engine)
+    assert proc.pid in child_jvms()
+    env.close()
+    env.close()
+    assert proc.poll() is not None and proc.pid not in child_jvms()
+
+
+# -- full runs (make test-slow) ----------------------------------------------------------------
+@pytest.mark.slow
+def test_table_matches_the_engine_for_every_task():
+    assert check_with_engine() == []
+
+
+@pytest.mark.slow
+def test_gold_path_expert_wins_one_test_variation_of_every_task():
+    from madopd_envs.baselines import run
+
+    episodes = run(["madopd/ScienceWorld-v0"], split="test", per_group=1, seed=0, policies=["expert"],
+                   max_episode_steps=None)
+    assert len(episodes) == 30
+    lost = [(e.task_id, e.raw_score, e.steps) for e in episodes if not e.won]
+    assert not lost, lost

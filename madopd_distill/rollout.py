@@ -166,27 +166,29 @@ class Trajectory:
     def turn_boundaries(self) -> list[tuple[int, int]]:
         """``(start, end)`` token offsets of every turn in :meth:`token_ids` (contiguous only).
 
-        A sampled turn spans its tokens. Every other turn (prompt, observation, replayed expert
-        action) spans the gap up to the next sampled turn's context; where several such turns share
-        one gap (an expert action followed by its observation), the last one gets the gap and the
-        earlier ones an empty span: their exact token split is not known without re-tokenising.
+        A sampled turn spans its tokens. Other turns (prompt, observation, replayed expert action)
+        fill the gap up to the next sampled turn's context: each takes its own ``token_ids`` where
+        they are known and match, and the last one of a gap takes what is left (a replayed expert
+        action has no tokens of its own: its text reaches the context through the prompt format).
         """
-        seq_len = len(self.token_ids())
+        seq = self.token_ids()
         spans: list[tuple[int, int]] = []
         cursor = 0
         for i, t in enumerate(self.turns):
             if t.sampled:
                 start = len(t.context_ids)
                 spans.append((start, start + len(t.token_ids)))
-                cursor = spans[-1][1]
-                continue
-            nxt = next((j for j in range(i + 1, len(self.turns)) if self.turns[j].sampled), None)
-            if nxt is not None and nxt != i + 1:  # another non-sampled turn follows in this gap
-                spans.append((cursor, cursor))
             else:
-                end = len(self.turns[nxt].context_ids) if nxt is not None else seq_len
-                spans.append((cursor, end))
-                cursor = end
+                nxt = next((j for j in range(i + 1, len(self.turns)) if self.turns[j].sampled), None)
+                gap_end = len(self.turns[nxt].context_ids) if nxt is not None else len(seq)
+                n = len(t.token_ids)
+                if nxt == i + 1 or nxt is None and i == len(self.turns) - 1:
+                    spans.append((cursor, gap_end))  # the last turn of a gap takes what is left of it
+                elif n and seq[cursor: cursor + n] == t.token_ids:
+                    spans.append((cursor, cursor + n))
+                else:
+                    spans.append((cursor, cursor))
+            cursor = spans[-1][1]
         return spans
 
 

@@ -326,6 +326,8 @@ class OpenAITeacher:
             raise RuntimeError(f"{self.name}: {root + path} answered HTTP {e.code}: {e.read()[:500]!r}") from e
         except urllib.error.URLError as e:
             raise ConnectionError(f"{self.name}: cannot reach {root + path}: {e.reason}") from e
+        except (TimeoutError, OSError) as e:  # refused / timed out mid-request
+            raise ConnectionError(f"{self.name}: cannot reach {root + path}: {e}") from e
 
     def _check_tokenizer(self, student_tokenizer: Any) -> None:
         try:

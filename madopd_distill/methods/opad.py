@@ -15,8 +15,8 @@ Open details, chosen here: with ``history=expert`` the states come from replayin
 (the env has no dataset of conversations); episode ``e`` becomes ``max_turns`` sub-episodes, the
 ``j``-th replays ``j`` expert actions and lets the student write turn ``j`` (none when the expert
 has already finished: no sample). Each sub-episode replays the expert live, so with an env whose
-expert path varies between resets (TextWorldExpress' generated gold paths do) the states of one
-episode's turns come from different expert runs of the same task.
+expert path varies between resets (TextWorldExpress Coin's gold paths depend on the engine's
+history; see ``tcod.py``) the states of one episode's turns come from different expert runs.
 """
 
 from __future__ import annotations

@@ -20,8 +20,10 @@ replay already finishes the task produce no samples (as in the code).
 
 Caveat: the code replays a *stored* expert action list; here the prefix is replayed live from the
 env's expert, which reproduces the measured trajectory only when the expert is deterministic.
-TextWorldExpress generates a different gold path on each reset of the same task (Coin train-0:
-3, 13, 3 and 5 actions over four resets), so there ``c`` is relative to one sampled expert run.
+TextWorldExpress Coin's generated gold path for a task depends on the games its engine played
+before (train-0 gave 7 and 3 gold actions over three resets interleaved with other tasks;
+Arithmetic and SimonSays were stable), so there ``c`` is relative to one sampled expert run and
+the replay may win before the student's turn (no sample, as above).
 """
 
 from __future__ import annotations

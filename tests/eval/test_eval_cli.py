@@ -54,7 +54,7 @@ def _conf(tmp_path: Path) -> Path:
     conf = tmp_path / "conf"
     (conf / "agent").mkdir(parents=True)
     (conf / "agent" / "slow_random.yaml").write_text(
-        "backend: agent_helpers:SlowRandomAgent\nargs: {seed: 3, delay: 0.03}\n")
+        "backend: agent_helpers:SlowRandomAgent\nargs: {seed: 3, delay: 0.05}\n")
     return conf
 
 
@@ -64,23 +64,33 @@ def _eval_cmd(out: Path, resume: bool) -> list[str]:
     return cmd + (["--resume"] if resume else [])
 
 
-def test_kill9_midway_then_resume_gives_the_uninterrupted_summary(tmp_path):
+def _run_until(cmd: list[str], env: dict, episodes: Path, lines: int, sig: int) -> subprocess.Popen:
+    """Start an eval and send it ``sig`` once ``episodes`` holds ``lines`` records."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if episodes.exists() and len(episodes.read_text().splitlines()) >= lines:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the eval ended before it could be interrupted"
+    os.kill(proc.pid, sig)
+    proc.wait(timeout=60)
+    return proc
+
+
+def test_ctrl_c_and_kill9_midway_then_resume_give_the_uninterrupted_summary(tmp_path):
     env = {**os.environ, "MADOPD_CONF": str(_conf(tmp_path)), "PYTHONPATH": f"{HERE}{os.pathsep}{REPO}"}
     full, broken = tmp_path / "full", tmp_path / "broken"
     subprocess.run(_eval_cmd(full, False), env=env, check=True, capture_output=True, timeout=300)
-
-    proc = subprocess.Popen(_eval_cmd(broken, False), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     episodes = broken / "episodes.jsonl"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        if episodes.exists() and len(episodes.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the eval ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+
+    interrupted = _run_until(_eval_cmd(broken, False), env, episodes, 2, signal.SIGINT)  # Ctrl-C
+    assert interrupted.returncode == 130 and "--resume" in interrupted.stderr.read()
+    n_int = len(_lines(episodes))
+    killed = _run_until(_eval_cmd(broken, True), env, episodes, n_int + 2, signal.SIGKILL)  # kill -9
+    assert killed.returncode == -signal.SIGKILL
     n_before = len(_lines(episodes))
-    assert 3 <= n_before < 8 and not (broken / "summary.json").exists()
+    assert 2 <= n_int < n_before < 8 and not (broken / "summary.json").exists()
 
     done = subprocess.run(_eval_cmd(broken, True), env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

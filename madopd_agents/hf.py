@@ -168,8 +168,13 @@ class HFAgent:
         input_ids, attention = input_ids.to(device), attention.to(device)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
-        out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                         past_key_values=cache, use_cache=True, logits_to_keep=1)
+        try:  # logits of the last position only: a [B, L, vocab] prompt logits tensor is wasted memory
+            out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
+                             past_key_values=cache, use_cache=True, logits_to_keep=1)
+        except TypeError:  # architectures without logits_to_keep
+            cache = DynamicCache()
+            out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
+                             past_key_values=cache, use_cache=True)
         done = torch.zeros(len(rows), dtype=torch.bool, device=device)
         tokens: list[list[int]] = [[] for _ in rows]
         logprobs: list[list[float]] = [[] for _ in rows]

@@ -102,6 +102,7 @@ def test_method_runs_and_logs(case: str, models: dict[str, str], tmp_path: Path)
         assert last["route/share/a"] + last["route/share/b"] == pytest.approx(1.0)
 
 
+@pytest.mark.slow  # ~30 s of interpreter start on the shared CI machine; the runs above use the same main()
 def test_cli_subprocess_runs_a_method(models: dict[str, str], tmp_path: Path) -> None:
     out = tmp_path / "cli"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}

@@ -114,3 +114,17 @@ register(
         description="Python tasks from a HumanEval- or MBPP-shaped JSONL file (path=...)",
     ),
 )
+register(
+    "madopd/CodeIO-v0",
+    "madopd_envs.code.env:CodeIOEnv",
+    max_episode_steps=4,
+    card=EnvCard(
+        family="code",
+        splits={"train": None, "test": None},  # rows of data/codeio_index.json; 1 in 10 is test
+        metrics=_CODE_METRICS,
+        extra="code",
+        requires=("reasoning_gym",),
+        license="reasoning-gym CodeIO rows (Apache-2.0); expected outputs computed locally from its references",
+        description="CodeIO: write main_solution from a description + I/O spec; tests from the reference",
+    ),
+)

@@ -16,7 +16,8 @@ So the solution never shares memory with the tests:
   comparisons of the test run in the checker. A killed, exiting or lying worker can only make its
   own test fail.
 
-Only C-level modules are imported (``_socket``, ``_signal``, ``marshal``...): ``json``, ``socket``,
+One file (longer than most modules here) because it is shipped as one ``-c`` program into the
+sandbox, where nothing of madopd is importable. Only C-level modules are imported (``_socket``, ``_signal``, ``marshal``...): ``json``, ``socket``,
 ``signal`` and ``traceback`` pull in ``re``/``enum`` and tripled the harness's start-up time.
 
 Protocol with the host: stdin carries ``!II`` lengths, then part 1 ``{"prelude", "solution",
@@ -555,7 +556,7 @@ def checker_main(verdict_fd):
             os._exit(0)
     ctl_z.close()
     part2 = marshal.loads(read_exact(0, n2))
-    verdict = {"nonce": part2["nonce"], "load_error": None, "context_error": None, "tests": [], "setup_errors": []}
+    verdict = {"nonce": part2["nonce"], "load_error": None, "context_error": None, "tests": [], "values": [], "setup_errors": []}
     checker = Checker(ctl, lim, started + lim["budget_s"])
     seed_random_if_used(part2["context"], *(src for _, src in part2["items"]))
     ns = {"__name__": "__check__", "__builtins__": builtins}
@@ -570,23 +571,31 @@ def checker_main(verdict_fd):
     for alias, name in part2["proxies"].items():  # the entry point shadows the prompt's stub
         ns[alias] = checker.proxy(name)
     for kind, source in part2["items"]:
-        if kind == "test" and checker.load_error is not None:
-            verdict["tests"].append([False, checker.load_error])
+        if kind in ("test", "value") and checker.load_error is not None:
+            verdict[kind + "s"].append([False, checker.load_error])
             continue
         now = time.monotonic()
         if now >= checker.deadline:
-            if kind == "test":
-                verdict["tests"].append([False, "Not run: the run's time limit was reached."])
+            if kind in ("test", "value"):
+                verdict[kind + "s"].append([False, "Not run: the run's time limit was reached."])
             continue
         checker.test_deadline = min(now + lim["test_timeout_s"], checker.deadline)
         checker.failure, checker.last_call = None, None
         try:
-            exec(compile(source, "test.py", "exec"), ns)
+            if kind == "value":  # an expression whose value the host wants (encoded, hex)
+                value = eval(compile(source, "value.py", "eval"), ns)
+                if checker.failure is None:
+                    verdict["values"].append([True, enc(value).hex()])
+                    continue
+            else:
+                exec(compile(source, "test.py", "exec"), ns)
             ok, error = checker.failure is None, checker.failure
         except BaseException as e:  # noqa: BLE001
             ok, error = False, describe_failure(checker, e, source)
         if kind == "test":
             verdict["tests"].append([ok, error])
+        elif kind == "value":
+            verdict["values"].append([False, error])
         elif not ok:
             verdict["setup_errors"].append(error)
     if checker.pid is not None:

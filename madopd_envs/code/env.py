@@ -122,11 +122,12 @@ class CodeEnv(TextEnv):
         if task.split != split:
             raise ValueError(f"task {task_id!r} belongs to split {task.split!r}, not {split!r}")
         self._task, self._score = task, 0.0
+        problem = task.prompt.strip("\n")
         if task.prelude:
-            obs = (f"Complete the Python function `{task.entry_point}`.\n\n```python\n{task.prompt.rstrip()}\n```\n\n"
+            obs = (f"Complete the Python function `{task.entry_point}`.\n\n```python\n{problem}\n```\n\n"
                    f"{INSTRUCTIONS}")
         else:
-            obs = f"Write a Python function `{task.entry_point}`.\n\n{task.prompt.rstrip()}\n\n{INSTRUCTIONS}"
+            obs = f"Write a Python function `{task.entry_point}`.\n\n{problem}\n\n{INSTRUCTIONS}"
         return obs, self._info(won=False, passed=0)
 
     def _act(self, action: str) -> tuple[str, float, bool, dict[str, Any]]:
@@ -151,7 +152,7 @@ class CodeEnv(TextEnv):
             "raw_score": float(passed),
             "tests_passed": passed,
             "tests_total": task.n_tests,
-            "expert_action": f"```python\n{task.reference.rstrip()}\n```" if task.reference else None,
+            "expert_action": f"```python\n{task.reference.strip()}\n```" if task.reference else None,
         }
 
     def close(self) -> None:
@@ -191,3 +192,21 @@ class CodeTasksEnv(CodeEnv):
 
     def _all_tasks(self) -> tuple[CodeTask, ...]:
         return _jsonl_tasks(self.path)
+
+
+class CodeIOEnv(CodeEnv):
+    """reasoning-gym's CodeIO rows as code tasks (see ``madopd_envs.code.codeio``): write
+    ``main_solution`` from a description and an I/O spec; tests = the reference's outputs on seeded
+    generated inputs, computed in the sandbox when a task is first used."""
+
+    splits: ClassVar[tuple[str, ...]] = ("train", "test")
+
+    def tasks(self, split: str | None = None) -> list[str]:
+        from madopd_envs.code import codeio
+
+        return codeio.task_ids(split or self.split)
+
+    def task(self, task_id: str) -> CodeTask:
+        from madopd_envs.code import codeio
+
+        return codeio.task(self.sandbox, task_id)

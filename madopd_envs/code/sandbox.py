@@ -38,7 +38,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 HARNESS_SOURCE = (Path(__file__).with_name("_harness.py")).read_text()
 NOBODY = 65534
@@ -99,6 +99,7 @@ class RunResult:
 
     ``status`` is ``ok`` when the harness reported a verdict (tests may still have failed);
     otherwise the run as a whole failed and ``reason`` says why, and every test counts as failed.
+    ``values`` holds, per ``value`` item, ``(True, value)`` or ``(False, why not)``.
     """
 
     status: Status
@@ -109,6 +110,7 @@ class RunResult:
     wall_s: float = 0.0
     isolated: bool = True
     setup_errors: tuple[str, ...] = field(default_factory=tuple)
+    values: tuple[tuple[bool, Any], ...] = field(default_factory=tuple)
 
     @property
     def passed(self) -> int:
@@ -188,8 +190,9 @@ class Sandbox:
     Args:
         limits: the default limits of a run.
         bwrap: path of ``bwrap``; ``"auto"`` finds it (``find_bwrap``); ``None`` forces the fallback.
-        python: the interpreter inside. The system Python (``/usr/bin/python3``) lives in ``/usr``,
-            the only host tree the sandbox sees; another interpreter's prefix is bound read-only.
+        python: the interpreter inside. The system Python (``/usr/bin/python3``, the default) lives in
+            ``/usr``, the only host tree the sandbox sees; another interpreter's prefix (the directory
+            above its ``bin/``) is bound read-only and must be readable by ``uid``.
         uid: the unprivileged uid (and gid) runs use when madopd runs as root.
     """
 
@@ -215,8 +218,9 @@ class Sandbox:
         args = [self.bwrap, "--unshare-all", "--as-pid-1", "--die-with-parent", "--new-session", "--clearenv",
                 "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8",
                 "--ro-bind", "/usr", "/usr", *_root_entries(), "--proc", "/proc", "--dev", "/dev"]
-        prefix = os.path.realpath(sys.base_prefix) if self.python == sys.executable else None
-        if prefix and not prefix.startswith("/usr/"):
+        real = os.path.realpath(self.python)
+        if not real.startswith("/usr/"):  # e.g. <prefix>/bin/python3.11: bind <prefix> read-only
+            prefix = os.path.dirname(os.path.dirname(real))
             args += ["--ro-bind", prefix, prefix]
         if _bwrap_supports_size(self.bwrap):
             args += ["--size", str(tmp_mb << 20)]
@@ -270,7 +274,8 @@ class Sandbox:
         Args:
             solution: the untrusted program (defines the function under test).
             context: trusted code the checker runs first (imports, helpers the tests use).
-            items: ``("setup" | "test", source)`` statements, in order; each ``test`` is one test.
+            items: ``("setup" | "test" | "value", source)``, in order: setup and test statements (each
+                test is one test), or expressions whose values come back in ``RunResult.values``.
             entry_point: the function under test; the tests reach it as ``candidate`` (HumanEval's
                 ``check(candidate)``) and under its own name (MBPP). Other functions the solution
                 defines are reachable by name unless the context defines that name.
@@ -288,8 +293,11 @@ class Sandbox:
         stdout, stderr, verdict_raw, killed_for = proc_result
         common = dict(stdout=stdout, stderr=stderr, wall_s=wall, isolated=self.isolated)
 
+        n_values = sum(k == "value" for k, _ in items)
+
         def failed(status: Status, reason: str) -> RunResult:
-            return RunResult(status, tuple(TestResult(s, False, reason) for s in sources), reason, **common)
+            return RunResult(status, tuple(TestResult(s, False, reason) for s in sources), reason,
+                             values=((False, reason),) * n_values, **common)
 
         if killed_for == "timeout":
             return failed("timeout", f"Timed out: the run exceeded its {lim.timeout_s:g} s wall-clock limit.")
@@ -303,10 +311,14 @@ class Sandbox:
             tests = verdict["tests"]
             if len(tests) != len(sources):
                 raise ValueError(f"{len(tests)} results for {len(sources)} tests")
+            values = tuple(_decode_value(v) for v in verdict.get("values", ()))
+            if len(values) != n_values:
+                raise ValueError(f"{len(values)} values for {n_values} value items")
         except (ValueError, KeyError, TypeError, SyntaxError, MemoryError, RecursionError) as e:
             return failed("harness_error", f"The sandbox returned no valid verdict ({e}); stderr: {stderr[-500:]}")
         results = tuple(TestResult(s, bool(ok), None if ok else str(err)) for s, (ok, err) in zip(sources, tests))
         setup_errors = tuple(str(e) for e in verdict.get("setup_errors", ()))
+        common["values"] = values
         if verdict.get("context_error"):
             reason = f"The task's own setup code failed (a broken task):\n{verdict['context_error']}"
             return RunResult("task_error", results, reason, setup_errors=setup_errors, **common)
@@ -358,8 +370,8 @@ class Sandbox:
 def _encode_job(prelude: str, solution: str, context: str, items: Sequence[tuple[str, str]], proxies: dict[str, str],
                 lim: Limits, nonce: str) -> bytes:
     for kind, _ in items:
-        if kind not in ("setup", "test"):
-            raise ValueError(f"test items are ('setup' | 'test', source); got kind {kind!r}")
+        if kind not in ("setup", "test", "value"):
+            raise ValueError(f"test items are ('setup' | 'test' | 'value', source); got kind {kind!r}")
     harness_limits = dataclasses.asdict(lim)
     # The checker stops starting tests a little before the host's kill, so partial results survive.
     harness_limits["budget_s"] = max(lim.timeout_s - 0.25, 0.1)
@@ -444,6 +456,13 @@ def _collect(proc: subprocess.Popen, job: bytes, verdict_r: int, lim: Limits) ->
     proc.stdout.close()
     proc.stderr.close()
     return stdout, stderr, bytes(verdict), killed_for
+
+
+def _decode_value(entry: Any) -> tuple[bool, Any]:
+    from madopd_envs.code._harness import dec
+
+    ok, payload = entry
+    return (True, dec(bytes.fromhex(payload))) if ok else (False, str(payload))
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -154,3 +154,60 @@ def test_extract_code_and_assemble():
     assert assemble(task, "def add(x, y):\n    return x + y") == (task.prelude, "def add(x, y):\n    return x + y")
     prelude, program = assemble(task, "return x + y")  # unindented body: indented for the user
     assert prelude == "" and program.endswith("    return x + y")
+
+
+def test_codeio_tasks_build_in_the_sandbox_and_references_pass():
+    pytest.importorskip("reasoning_gym")
+    from madopd_envs.code import codeio
+
+    train, test = codeio.task_ids("train"), codeio.task_ids("test")
+    assert len(test) > 50 and len(train) > 8 * len(test) and not set(train) & set(test)
+    env = madopd_envs.make("madopd/CodeIO-v0", expert=True)
+    obs, info = env.reset(seed=0, options={"task_id": test[0]})
+    assert "main_solution(" in obs and info["tests_total"] >= codeio.MIN_CASES
+    task = env.task(test[0])
+    assert task.items[0][1].startswith("assert _close(candidate(**{")
+    obs, _, term, _, info = env.step("def main_solution(**kwargs):\n    return None\n")
+    assert not term and info["score"] < 1 and "_close(candidate(**" in obs
+    obs, _, term, _, info = env.step(info["expert_action"])
+    assert term and info["won"], obs
+    env.close()
+
+
+def test_codeio_float_tolerance():
+    from madopd_envs.code.codeio import CLOSE
+
+    ns: dict = {}
+    exec(CLOSE, ns)
+    close = ns["_close"]
+    assert close({"a": [1.0000000001, 2]}, {"a": (1.0, 2)}) and close(3, 3.0) and close(True, True)
+    assert not close(1.1, 1.0) and not close("1", 1) and not close([1], [1, 2]) and not close({"a": 1}, {"b": 1})
+
+
+def _codeio_references_pass(ids: list[str], workers: int) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from madopd_envs.code import codeio
+
+    sandbox = Sandbox()
+    with ThreadPoolExecutor(workers) as pool:
+        tasks = list(pool.map(lambda i: codeio.task(sandbox, i), ids))
+    results = run_tasks(sandbox, tasks, [t.reference for t in tasks], workers=workers)
+    failed = [(t.task_id, r.first_error) for t, r in zip(tasks, results) if not r.all_passed]
+    assert not failed, f"{len(failed)} of {len(ids)} failed, e.g. {failed[:3]}"
+
+
+def test_sampled_codeio_references_pass_their_generated_tests():
+    pytest.importorskip("reasoning_gym")
+    from madopd_envs.code import codeio
+
+    ids = codeio.task_ids("train")
+    _codeio_references_pass(ids[:: len(ids) // 6][:6], workers=2)
+
+
+@pytest.mark.slow
+def test_all_codeio_references_pass_their_generated_tests():
+    pytest.importorskip("reasoning_gym")
+    from madopd_envs.code import codeio
+
+    _codeio_references_pass(codeio.task_ids("train") + codeio.task_ids("test"), workers=4)

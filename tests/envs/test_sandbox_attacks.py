@@ -358,7 +358,10 @@ def test_objects_that_equal_everything_cannot_leave_the_sandbox(sandbox):
 
 
 # -- the fallback without bubblewrap ----------------------------------------------------------------
-def test_fallback_warns_and_still_applies_limits():
+def test_fallback_warns_and_still_applies_limits(monkeypatch):
+    import madopd_envs.code.sandbox as sandbox_module
+
+    monkeypatch.setattr(sandbox_module, "_warned", set())  # the warning is once per process
     with pytest.warns(RuntimeWarning, match="NOT isolated"):
         sb = Sandbox(LIMITS, bwrap=None)
     assert not sb.isolated

@@ -6,15 +6,27 @@ grammar, and each derivation re-parses the same few hundred strings with tatsu
 (``logic._parse_and_convert`` via ``Rule.parse_conjunctive_query``). The strings come from one grammar
 and one domain, so the parses repeat; we parse each string once and hand out deep copies, because
 TextWorld mutates what it gets (it sets ``symbol.context`` on derived symbols). Parsing is a pure
-function of its arguments, so the output is byte-identical (tests/envs/test_alfworld_speed.py
-hash-compares full traces against the stock engine; benchmarks/bench_alfworld.py measures it).
+function of its arguments, so the output is byte-identical.
 
-``install()`` patches the two module-level functions in place (process-wide, idempotent);
+With parsing memoised, most of what is left is ``textgen.copy_context`` deep-copying the variable and
+mapping dicts (entity infos, PDDL variables) for every symbol derived. Derivation only adds keys to
+those dicts (``query`` updates them) and reads attributes of their values (the grammar's ``{o.name}``
+expressions), so copying the dicts one level deep gives the same derivations; ``install(contexts=True)``
+(the default) does that too. tests/envs/test_alfworld_speed.py hash-compares full traces against the
+stock engine; benchmarks/bench_alfworld.py measures both patches side by side.
+
+Loading and resetting a game costs more than stepping: every ``PddlState`` (one at ``load``, one at
+each ``reset``) grounds the problem twice with fast-downward's ``pddl2sas`` (a pure function of the
+domain and problem texts). ``install(translations=True)`` (the default) keeps the last
+``TRANSLATION_CACHE_SIZE`` translations, so a reset, or a return to a recent game, skips grounding.
+
+``install()`` patches the module-level functions in place (process-wide, idempotent);
 ``uninstall()`` restores them, which the side-by-side benchmark and the identity test use.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 from typing import Any, Callable, Iterator
@@ -40,27 +52,65 @@ def _memoised(parse: Callable[..., Any]) -> Callable[..., Any]:
     return parse_and_convert
 
 
-def _targets() -> dict[str, Any]:
+def _shallow_copy_context(context: dict[str, Any]) -> dict[str, Any]:
+    """``textgen.copy_context`` with the variable/mapping dicts copied one level deep."""
+    return {
+        "state": context["state"],
+        "facts": context["facts"],
+        "variables": dict(context["variables"]),
+        "mapping": dict(context["mapping"]),
+        "entity_infos": context["entity_infos"],
+    }
+
+
+TRANSLATION_CACHE_SIZE = 16
+
+
+def _cached_translation(pddl2sas: Callable[..., Any]) -> Callable[..., Any]:
+    cache: collections.OrderedDict[Any, Any] = collections.OrderedDict()
+
+    def cached_pddl2sas(domain: str, problem: str, verbose: bool = False, optimize: bool = False) -> Any:
+        key = (domain, problem, bool(verbose), bool(optimize))
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        # The parsed task is only read by PddlState (actions, types, objects, init): shared safely.
+        result = cache[key] = pddl2sas(domain, problem, verbose=verbose, optimize=optimize)
+        while len(cache) > TRANSLATION_CACHE_SIZE:
+            cache.popitem(last=False)
+        return result
+
+    cached_pddl2sas.cache = cache  # type: ignore[attr-defined]
+    cached_pddl2sas.__wrapped__ = pddl2sas  # type: ignore[attr-defined]
+    return cached_pddl2sas
+
+
+def install(*, contexts: bool = True, translations: bool = True) -> None:
+    """Memoise the parses; with ``contexts`` copy derivation contexts shallowly; with
+    ``translations`` cache fast-downward's grounding of recent games. Idempotent."""
+    import fast_downward
     import textworld.envs.pddl.textgen as textgen
     import textworld.logic as logic
 
-    return {"textgen": textgen, "logic": logic}
-
-
-def install() -> None:
-    """Memoise the parses (no-op when already installed)."""
-    for name, module in _targets().items():
-        if name not in _ORIGINALS:
+    for key, module in (("textgen", textgen), ("logic", logic)):
+        if key not in _ORIGINALS:
             original = module._parse_and_convert
-            _ORIGINALS[name] = (module, original)
+            _ORIGINALS[key] = (module, original)
             module._parse_and_convert = _memoised(original)
+    if contexts and "contexts" not in _ORIGINALS:
+        _ORIGINALS["contexts"] = (textgen, textgen.copy_context)
+        textgen.copy_context = _shallow_copy_context
+    if translations and "translations" not in _ORIGINALS:
+        _ORIGINALS["translations"] = (fast_downward, fast_downward.pddl2sas)
+        fast_downward.pddl2sas = _cached_translation(fast_downward.pddl2sas)
 
 
 def uninstall() -> None:
     """Restore stock parsing."""
-    for name, (module, original) in list(_ORIGINALS.items()):
-        module._parse_and_convert = original
-        del _ORIGINALS[name]
+    for key, (module, original) in list(_ORIGINALS.items()):
+        attr = {"contexts": "copy_context", "translations": "pddl2sas"}.get(key, "_parse_and_convert")
+        setattr(module, attr, original)
+        del _ORIGINALS[key]
 
 
 def installed() -> bool:

@@ -15,6 +15,12 @@ from madopd_envs.alfworld import fastgrammar  # noqa: E402
 ENV_ID = "madopd/ALFWorld-v0"
 
 
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch, tmp_path):
+    monkeypatch.delenv("ALFWORLD_DATA", raising=False)
+    monkeypatch.setenv("MADOPD_CACHE", str(tmp_path / "cache"))
+
+
 def _walk(env, task_id, steps, seed):
     obs, info = env.reset(seed=0, options={"task_id": task_id})
     digest = hashlib.sha256(repr((obs, info)).encode())
@@ -45,14 +51,22 @@ def _kitchen(env):
     return next(t for t in env.tasks("valid_unseen") if t.split("/")[1].endswith("-10"))
 
 
+def _small_room(env):
+    return next(t for t in env.tasks("valid_unseen") if t.split("/")[1].endswith("-424"))
+
+
 def test_memoised_traces_are_identical_to_stock(env):
-    task_id = _kitchen(env)
+    """Full traces (observations, admissible lists, facts-driven expert actions) hash the same."""
+    task_id = _small_room(env)  # a bathroom: stock TextWorld is slow, the full check runs in the bench
     with fastgrammar.stock():
-        stock = _walk(env, task_id, 12, seed=3)
-    fastgrammar.install()
-    memo = _walk(env, task_id, 12, seed=3)
-    assert memo[:2] == stock[:2]
-    assert fastgrammar._ORIGINALS and all(m._parse_and_convert.cache for m, _ in fastgrammar._ORIGINALS.values())
+        stock = _walk(env, task_id, 10, seed=3)
+    for contexts in (False, True):
+        fastgrammar.uninstall()
+        fastgrammar.install(contexts=contexts)
+        assert _walk(env, task_id, 10, seed=3)[:2] == stock[:2], f"contexts={contexts}"
+    import textworld.envs.pddl.textgen as textgen
+
+    assert textgen._parse_and_convert.cache  # the memo was used
 
 
 def test_install_is_idempotent_and_reversible():
@@ -60,12 +74,12 @@ def test_install_is_idempotent_and_reversible():
 
     was = fastgrammar.installed()
     fastgrammar.uninstall()
-    stock = textgen._parse_and_convert
+    stock, stock_copy = textgen._parse_and_convert, textgen.copy_context
     fastgrammar.install()
     fastgrammar.install()
-    assert textgen._parse_and_convert.__wrapped__ is stock
+    assert textgen._parse_and_convert.__wrapped__ is stock and textgen.copy_context is not stock_copy
     with fastgrammar.stock():
-        assert textgen._parse_and_convert is stock
+        assert textgen._parse_and_convert is stock and textgen.copy_context is stock_copy
     assert textgen._parse_and_convert is not stock
     (fastgrammar.install if was else fastgrammar.uninstall)()
 

@@ -87,6 +87,8 @@ class SFTConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SFTConfig:
         d = dict(d)
+        for key in ("model_overrides", "prompt"):  # YAML null = none
+            d[key] = d.get(key) or {}
         d["optim"] = _from_dict(OptimConfig, d.get("optim"), "optim")
         d["eval"] = _from_dict(EvalConfig, d.get("eval"), "eval")
         return _from_dict(cls, d, "sft config")

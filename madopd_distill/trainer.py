@@ -158,6 +158,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         d = dict(d)
+        for key in ("method_args", "env_kwargs", "prompt"):  # YAML null = none
+            d[key] = d.get(key) or {}
         d["teachers"] = [_from_dict(TeacherSpec, t, "teachers[]") for t in d.get("teachers") or []]
         d["rollout"] = _from_dict(RolloutConfig, d.get("rollout"), "rollout")
         d["optim"] = _from_dict(OptimConfig, d.get("optim"), "optim")
@@ -220,9 +222,9 @@ class StepLogger:
     def __init__(self, out_dir: Path, tensorboard: bool = False, resume_from_step: int | None = None):
         self.path = out_dir / "log.jsonl"
         if resume_from_step is not None and self.path.exists():
-            # Drop what a crashed run logged past its last checkpoint: those steps are redone.
+            # Drop what a crashed run logged past its last checkpoint (step N = N steps done): redone now.
             keep = [ln for ln in self.path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", -1) < resume_from_step]
+                    if ln.strip() and json.loads(ln).get("step", -1) <= resume_from_step]
             _atomic_write(self.path, "".join(k + "\n" for k in keep))
         elif resume_from_step is None and self.path.exists():
             self.path.unlink()

@@ -1,0 +1,112 @@
+"""Smoke runs of the two CLIs (in-process, through their Hydra entry points): SFT on expert
+trajectories, SeqKD, and 2 steps of OPD followed by a resumed third step.
+
+Tiny models (zoo tiny S, ~1M parameters) on TextWorldExpress SimonSays; a few seconds of compute each.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ENV = "madopd/TWX-SimonSays-v0"
+SMALL = "model_overrides={hidden_size:32,num_hidden_layers:1,intermediate_size:64,num_attention_heads:2," \
+        "num_key_value_heads:1,head_dim:16}"
+
+
+def run(module: str, argv: list[str]) -> None:
+    import importlib
+
+    mod = importlib.import_module(module)
+    old = sys.argv
+    sys.argv = [module, *argv]
+    try:
+        mod.main()
+    finally:
+        sys.argv = old
+
+
+def log(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if x.strip()]
+
+
+@pytest.fixture(scope="module")
+def teacher_dir() -> str:
+    from madopd_agents.zoo import tiny_model_dir
+
+    return str(tiny_model_dir("S", seed=1))
+
+
+def test_sft_on_expert_trajectories_then_seqkd(tmp_path: Path, teacher_dir: str) -> None:
+    out = tmp_path / "sft"
+    run("madopd_distill.sft", [f"env={ENV}", "model=new:S", f"tokenizer={teacher_dir}", SMALL, "episodes=3", "epochs=2",
+                               "batch_samples=4", "num_envs=1", "max_env_steps=4", f"output_dir={out}"])
+    records = log(out)
+    data = records[0]
+    assert data["kind"] == "data" and data["data_success_rate"] == 1.0 and data["samples"] >= 3
+    train = [r for r in records if r["kind"] == "train"]
+    assert len(train) >= 2 and all(r["loss"] > 0 for r in train)
+    assert (out / "model" / "config.json").exists() and (out / "model" / "tokenizer.json").exists()
+
+    kd = tmp_path / "seqkd"
+    run("madopd_distill.sft", [f"env={ENV}", "data=teacher", f"teacher={out / 'model'}", "only_won=false",
+                               "model=new:S", f"tokenizer={teacher_dir}", SMALL, "episodes=2", "epochs=1",
+                               "num_envs=1", "max_env_steps=2", "max_new_tokens=6", f"output_dir={kd}"])
+    records = log(kd)
+    assert records[0]["samples"] >= 2 and any(r["kind"] == "train" for r in records)
+    with pytest.raises(ValueError, match="teacher"):
+        from madopd_distill.sft import SFTConfig
+
+        SFTConfig(env=ENV, model="new:S", data="teacher")
+
+
+def test_train_two_steps_then_resume(tmp_path: Path, teacher_dir: str) -> None:
+    from madopd_agents.zoo import tiny_model_dir
+
+    out = tmp_path / "opd"
+    common = [f"env={ENV}", f"student={tiny_model_dir('S', seed=0)}", f"teacher={teacher_dir}",
+              "rollout.num_envs=1", "rollout.tasks_per_step=2", "rollout.group_size=1", "rollout.max_new_tokens=6",
+              "rollout.max_env_steps=2", "optim.lr=1e-3", "eval.num_tasks=1", f"output_dir={out}"]
+    run("madopd_distill.train", [*common, "steps=2"])
+    train = [r for r in log(out) if r["kind"] == "train"]
+    assert [r["step"] for r in train] == [1, 2]
+    for r in train:
+        for key in ("loss", "kl_token_mean", "kl_trajectory_mean", "success_rate", "tokens_per_s",
+                    "rollout_tokens_per_s", "trained_tokens"):
+            assert key in r, key
+        assert r["trained_tokens"] > 0 and r["loss"] > 0
+        # trajectory KL sums a trajectory's token KLs: at least one token's worth, same sign
+        assert abs(r["kl_trajectory_mean"]) >= abs(r["kl_token_mean"]) * 0.999
+    ckpt = out / "checkpoints"
+    assert (ckpt / "latest").read_text() == "step-000002"
+    assert (ckpt / "step-000002" / "model" / "config.json").exists()
+    assert not list(ckpt.glob(".tmp-*"))
+    evals = [r for r in log(out) if r["kind"] == "eval"]
+    assert [e["when"] for e in evals] == ["before", "after"]
+
+    run("madopd_distill.train", [*common, "steps=3", "--resume"])
+    records = log(out)
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3]
+    assert (ckpt / "latest").read_text() == "step-000003"
+    assert json.loads((ckpt / "step-000003" / "trainer_state.json").read_text())["step"] == 3
+
+
+def test_config_errors_are_clear() -> None:
+    from madopd_distill.methods import UnknownMethodError, method_class
+    from madopd_distill.trainer import TrainConfig
+
+    with pytest.raises(UnknownMethodError, match="Did you mean 'opd'"):
+        method_class("opdd")
+    with pytest.raises(ValueError, match="unknown key"):
+        TrainConfig.from_dict({"env": ENV, "student": "x", "teachers": [{"path": "y"}], "stepz": 3})
+    with pytest.raises(ValueError, match="backend"):
+        TrainConfig.from_dict({"env": ENV, "student": "x", "teachers": [{"path": "y", "backend": "tgi"}]})
+    from madopd_distill.methods.opd import OPDConfig
+
+    with pytest.raises(ValueError, match="beta"):
+        OPDConfig(beta=2.0)
+    with pytest.raises(ValueError, match="no field"):
+        OPDConfig.from_dict({"betta": 0.5})

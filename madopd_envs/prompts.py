@@ -68,6 +68,9 @@ class PromptFormat:
         max_actions: at most this many admissible actions are listed (ScienceWorld lists hundreds).
         max_observation_chars: longer observations keep their head and tail.
         react: ask for a short thought before each action (ReAct); off for very small models.
+        layout: ``chat`` shows past turns as user/assistant messages; ``single`` folds them into one
+            user message as an "Observation/Action" log (tiny models tend to echo observations
+            when the episode is a long chat).
         instructions: per-family overrides of ``FAMILY_INSTRUCTIONS``.
         system_extra: appended to the system message (e.g. few-shot examples).
     """
@@ -77,6 +80,7 @@ class PromptFormat:
     max_actions: int = 50
     max_observation_chars: int = 4000
     react: bool = True
+    layout: str = "chat"
     instructions: dict[str, str] = field(default_factory=dict)
     system_extra: str = ""
 
@@ -85,6 +89,8 @@ class PromptFormat:
             raise ValueError(f"history must be >= 0 or None, got {self.history}")
         if self.max_actions < 0 or self.max_observation_chars < 100:
             raise ValueError("max_actions must be >= 0 and max_observation_chars >= 100")
+        if self.layout not in ("chat", "single"):
+            raise ValueError(f"layout must be 'chat' or 'single', got {self.layout!r}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> PromptFormat:
@@ -99,6 +105,7 @@ class PromptFormat:
 class Turn:
     observation: str
     reply: str | None = None  # the model's full reply (thoughts + action); None for the newest turn
+    action: str | None = None  # the action taken from the reply
 
 
 @dataclass
@@ -116,8 +123,8 @@ class EpisodeHistory:
         self.task = info.get("task") or self.task
         self.admissible_actions = info.get("admissible_actions")
 
-    def reply(self, text: str) -> None:
-        self.turns[-1].reply = text
+    def reply(self, text: str, action: str | None = None) -> None:
+        self.turns[-1].reply, self.turns[-1].action = text, action
 
 
 def _clip(text: str, limit: int) -> str:
@@ -149,15 +156,22 @@ def render_conversation(history: EpisodeHistory, fmt: PromptFormat) -> list[dict
         past = past[omitted:] if fmt.history else []
     else:
         omitted = 0
+    log = []
     for i, turn in enumerate(past):
         obs = _clip(turn.observation, fmt.max_observation_chars)
         if i == 0 and omitted:
             obs = f"[{omitted} earlier steps omitted]\n{obs}"
-        messages.append({"role": "user", "content": obs})
-        messages.append({"role": "assistant", "content": turn.reply or ""})
+        if fmt.layout == "single":
+            log.append(f"Observation: {obs}\nAction: {turn.action if turn.action is not None else turn.reply}")
+        else:
+            messages.append({"role": "user", "content": obs})
+            messages.append({"role": "assistant", "content": turn.reply or ""})
     newest = _clip(history.turns[-1].observation, fmt.max_observation_chars)
     if omitted and not past:
         newest = f"[{omitted} earlier steps omitted]\n{newest}"
+    if fmt.layout == "single":
+        newest = ("Previous steps:\n" + "\n\n".join(log) + "\n\nCurrent observation: " if log
+                  else "Observation: ") + newest
     actions = history.admissible_actions
     if fmt.show_actions and actions:
         shown = actions[: fmt.max_actions]

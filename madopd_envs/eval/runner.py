@@ -193,7 +193,7 @@ def run_entry(agent: Any, *, agent_name: str, needs_expert: bool, sampling: Any,
                     action=action, observation=obs[i], reward=float(rewards[i]), score=rec.score,
                     valid=bool(info.get("action_valid", True)), format_ok=ok,
                     reply=None if out.text == action else out.text, completion_tokens=len(out.token_ids)))
-                ep.history.reply(out.text if out.finish_reason != "scripted" else f"<action>{action}</action>")
+                ep.history.reply(out.text if out.finish_reason != "scripted" else f"<action>{action}</action>", action)
                 ep.info = info
                 if terminated[i] or truncated[i] or rec.steps >= entry.max_steps:
                     rec.terminated, rec.truncated = bool(terminated[i]), not bool(terminated[i])

@@ -67,3 +67,18 @@ def test_prompt_settings_are_checked():
         PromptFormat.from_dict({"histroy": 3})
     with pytest.raises(ValueError):
         PromptFormat(history=-1)
+
+
+def test_single_layout_folds_the_episode_into_one_message():
+    h = EpisodeHistory(family="textworldexpress")
+    h.observe("You are in the kitchen.", {"task": "find the coin", "admissible_actions": ["move east", "look around"]})
+    h.reply("Thought: explore.\n<action>move east</action>", "move east")
+    h.observe("You are in the pantry.", {"task": "find the coin", "admissible_actions": ["move west"]})
+    msgs = render_conversation(h, PromptFormat(layout="single"))
+    assert [m["role"] for m in msgs] == ["system", "user"]
+    text = msgs[1]["content"]
+    assert text.startswith("Previous steps:\nObservation: You are in the kitchen.\nAction: move east\n\n"
+                           "Current observation: You are in the pantry.")
+    assert "Thought" not in text and "- move west" in text
+    with pytest.raises(ValueError, match="layout"):
+        PromptFormat(layout="grid")

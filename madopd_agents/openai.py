@@ -78,7 +78,7 @@ class OpenAIAgent:
     def from_card(cls, card: Any) -> OpenAIAgent:
         from madopd_agents.zoo import ModelUnavailableError
 
-        args = {"name": card.name, **card.args}
+        args = {"name": card.name, **{k: v for k, v in card.args.items() if k != "batch_size"}}  # local-only knob
         try:
             return cls(model=args.pop("served_model", None) or card.model or "default", **args)
         except OpenAIError as e:

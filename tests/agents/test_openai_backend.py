@@ -141,3 +141,23 @@ def test_server_speaks_the_protocol_and_binds_loopback_only(tiny, server):
         assert json.loads(resp.read())["data"][0]["id"] == "tiny"
     with pytest.raises(ValueError, match="loopback"):
         ChatServer(HFAgent(*tiny), host="0.0.0.0")
+
+
+def test_an_eval_through_the_http_backend(server, tmp_path):
+    """A model card switched to the HTTP backend plays real episodes: prompts, parsing, token counts."""
+    import madopd_envs
+    from madopd_envs.eval.config import Entry
+    from madopd_envs.eval.runner import evaluate
+
+    env_id = "madopd/TWX-Coin-v0"
+    if not madopd_envs.spec(env_id).card.available:
+        pytest.skip("textworld-express not installed")
+    summary = evaluate(agent_name="smollm2-135m", agent_args={"backend": "openai", "base_url": server.base_url,
+                                                              "served_model": "tiny", "max_new_tokens": 4},
+                       entries=[Entry(env=env_id, split="test", episodes=2, max_steps=2)], output=tmp_path,
+                       num_envs=2, progress=False, log=lambda m: None)
+    records = [json.loads(x) for x in (tmp_path / "episodes.jsonl").read_text().splitlines()]
+    assert summary["overall"]["episodes"] == 2 and all(r["steps"] >= 1 for r in records)
+    steps = [s for r in records for s in r["trajectory"]]
+    assert all(0 < s["completion_tokens"] <= 4 for s in steps)
+    assert sum(r["invalid_format"] for r in records) == len(steps)  # a random tiny model never writes tags

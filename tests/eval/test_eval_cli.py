@@ -125,7 +125,7 @@ def test_dead_worker_episode_is_retried_once_then_reported(tmp_path, monkeypatch
     env.close()
     killer = WorkerKillingExpert(kill={t1: 1, t2: 2})  # t1 recovers, t2 dies twice
     monkeypatch.setattr(reg, "build_agent", lambda card: killer)
-    entries = [Entry(env=ENV, split="test", episodes=3, max_steps=10)]
+    entries = [Entry(env=ENV, split="test", episodes=3, max_steps=10, select="first")]
     summary = evaluate(agent_name="expert", agent_args={}, entries=entries, output=tmp_path / "r", num_envs=1,
                        progress=False, step_timeout=60, log=lambda m: None)
     records = {r["task_id"]: r for r in _lines(tmp_path / "r" / "episodes.jsonl")}

@@ -73,16 +73,19 @@ def play(env: Any, env_id: str, task_id: str, split: str, policy: str, seed: int
 
 
 def run(env_ids: Sequence[str], *, split: str, per_group: int, seed: int, policies: Sequence[str],
-        max_episode_steps: int | None = None, log: Any = sys.stderr) -> list[Episode]:
+        max_episode_steps: int | None = None, groups: Sequence[str] | None = None,
+        env_kwargs: dict[str, Any] | None = None, log: Any = sys.stderr) -> list[Episode]:
     episodes = []
     for env_id in env_ids:
         for policy in policies:
-            kwargs: dict[str, Any] = {"split": split, "expert": policy == "expert"}
+            kwargs: dict[str, Any] = {**(env_kwargs or {}), "split": split, "expert": policy == "expert"}
             if max_episode_steps is not None:
                 kwargs["max_episode_steps"] = max_episode_steps
             env = make(env_id, **kwargs)
             try:
                 for group, ids in sample_tasks(env_id, env.tasks(split), per_group, seed).items():
+                    if groups and group not in groups:
+                        continue
                     for i, task_id in enumerate(ids):
                         ep = play(env, env_id, task_id, split, policy, seed + i)
                         episodes.append(ep)
@@ -123,12 +126,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--policies", default="expert,random")
     p.add_argument("--max-episode-steps", type=int, default=None, help="override the registered limit")
+    p.add_argument("--groups", help="comma-separated groups to run (default: all)")
+    p.add_argument("--env-kwargs", default="{}", help='JSON keyword arguments for make, e.g. \'{"admissible": false}\'')
     p.add_argument("--json", help="write every episode here")
     args = p.parse_args(argv)
     env_ids = [s.id for s in registered() if s.card.family == args.family]
     start = time.perf_counter()
     episodes = run(env_ids, split=args.split, per_group=args.per_group, seed=args.seed,
-                   policies=args.policies.split(","), max_episode_steps=args.max_episode_steps)
+                   policies=args.policies.split(","), max_episode_steps=args.max_episode_steps,
+                   groups=args.groups.split(",") if args.groups else None, env_kwargs=json.loads(args.env_kwargs))
     print(table(episodes))
     print(f"\n{len(episodes)} episodes of {', '.join(env_ids)} ({args.split}, {args.per_group} per group, "
           f"seed {args.seed}) in {time.perf_counter() - start:.0f} s")

@@ -13,6 +13,7 @@ so task ids carry the seed itself: ``"test-20005"``.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, ClassVar, Mapping
 
 from madopd_envs.core import TextEnv
@@ -91,8 +92,8 @@ class TWXEnv(TextEnv):
 
     family: ClassVar[str] = "textworldexpress"
     splits: ClassVar[tuple[str, ...]] = ("train", "valid", "test")
-    _ENV_OPTIONS: ClassVar[frozenset[str]] = frozenset(
-        {"split", "expert", "max_episode_steps", "max_action_chars", "render_mode"})
+    # Keyword arguments that belong to TextEnv; every other keyword is a game parameter.
+    _ENV_OPTIONS: ClassVar[frozenset[str]] = frozenset(inspect.signature(TextEnv.__init__).parameters) - {"self"}
 
     def __init__(self, game: str = "cookingworld", *, game_params: str | Mapping[str, int] | None = None,
                  num_seeds: int = SEEDS_PER_SPLIT, java_options: str | None = DEFAULT_JAVA_OPTIONS, **kwargs: Any):

@@ -164,9 +164,12 @@ def summarize(records: list[dict[str, Any]], *, agent: str, leaderboard: str | N
     Deterministic in the records (sorted by key), so a resumed eval reproduces it byte for byte.
     """
     records = sorted(records, key=lambda r: r["key"])
-    by_env: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    splits: dict[str, set[str]] = defaultdict(set)
     for r in records:
-        by_env[r["env"]].append(r)
+        splits[r["env"]].add(r["split"])
+    by_env: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:  # an env evaluated on several splits gets one row per split
+        by_env[r["env"] if len(splits[r["env"]]) == 1 else f"{r['env']} [{r['split']}]"].append(r)
     envs = {}
     for env_id in sorted(by_env):
         rs = by_env[env_id]

@@ -70,6 +70,8 @@ def test_summary_statistics_by_env_and_task_type():
     assert s["errored"] == 1 and s["overall"]["episodes"] == 4 and s["success_rate"] == 0.5
     assert s["envs"]["e/A-v0"]["task_types"]["y"]["episodes"] == 2 and "task_types" not in s["envs"]["e/B-v0"]
     assert summarize(recs[::-1], agent="a", leaderboard="b", planned=5, versions={}) == s  # order-free
+    two = summarize(recs[:1] + [{**recs[1], "split": "valid"}], agent="a", leaderboard=None, planned=2, versions={})
+    assert set(two["envs"]) == {"e/A-v0 [test]", "e/A-v0 [valid]"}
     table = summary_table(s)
     assert "| e/A-v0" in table and "|   y" in table and "**all**" in table
 

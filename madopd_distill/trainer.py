@@ -31,7 +31,7 @@ import torch
 
 from madopd_agents.base import SamplingParams
 from madopd_distill.batch import StepBatch, micro_batches
-from madopd_distill.methods import build_method, method_class
+from madopd_distill.methods import build_method
 from madopd_distill.methods.base import LossOutput, Method, MethodContext, StudentOutput
 from madopd_distill.rollout import Episode, RolloutCollector, RolloutPrompt, TaskSampler, Trajectory, group_episodes
 from madopd_distill.teachers import HFTeacher, OpenAITeacher, Teacher, VLLMTeacher, causal_lm_logits

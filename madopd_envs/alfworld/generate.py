@@ -4,8 +4,9 @@
 
 writes ``DIR/json_2.1.1/<split>/<task>-<obj>-None-<parent>-<scene>/trial_G<seed>_<index>/`` with a
 ``game.tw-pddl`` and a ``traj_data.json`` per game, which upstream's ``AlfredTWEnv`` and
-``madopd/ALFWorld-v0`` (``data_path=DIR``) both load. ``--bundle FILE`` writes the same games as one
-gzipped JSON-lines file instead (how the default eval sets ship in the package).
+``madopd/ALFWorld-v0`` (``data_path=DIR``) both load. ``--cache`` writes them where
+``madopd/ALFWorld-v0`` looks for generated games (train games are otherwise made on first use);
+``--bundle FILE`` writes one gzipped JSON-lines file (how the default eval sets ship in the package).
 
 Game ``index`` of a split is a pure function of (seed, split, index): its task (type, object,
 receptacle, room) is drawn first and names the game; then scenes are drawn for that task until
@@ -32,7 +33,8 @@ from madopd_envs.alfworld import scenes
 from madopd_envs.alfworld.engine import alfworld_version, game_data, open_game
 
 GENERATOR_VERSION = 1  # bump when generated games change (cache directories carry it)
-MAX_SCENE_ATTEMPTS = 12
+MAX_SCENE_ATTEMPTS = 16
+OPEN_VIEW_AFTER = 8  # later attempts keep the task's objects out of closed receptacles
 EXPERT_STEP_LIMIT = 50  # the episode cap of madopd/ALFWorld-v0 and upstream (max_nb_steps_per_episode)
 GAME_TIME_LIMIT_S = 120.0
 
@@ -69,7 +71,7 @@ def make_game(split: str, index: int, seed: int) -> dict[str, Any]:
     gid = scenes.game_id(split, index, seed)
     for attempt in range(MAX_SCENE_ATTEMPTS):
         rng = random.Random(f"madopd-alfworld:{seed}:{split}:{index}:scene:{attempt}")
-        placement = scenes.populate(spec, rng)
+        placement = scenes.populate(spec, rng, open_view=attempt >= OPEN_VIEW_AFTER)
         problem = scenes.pddl_problem(spec, placement, rng, name=f"plan_trial_G{seed}_{index:05d}")
         desc = scenes.task_description(spec, rng)
         traj = scenes.traj_data(spec, desc, gid, seed, index)
@@ -119,7 +121,10 @@ def read_bundle(path: Path) -> Iterator[dict[str, Any]]:
 
 # -- parallel generation ------------------------------------------------------------------------
 def _worker(job: tuple[str, int, int]) -> dict[str, Any]:
-    return make_game(*job)
+    try:
+        return make_game(*job)
+    except GenerationError as e:  # reported by the caller; the other games go on
+        return {"error": str(e), "index": job[1]}
 
 
 def generate(split: str, indices: range | list[int], seed: int, *, workers: int = 1,
@@ -137,8 +142,13 @@ def generate(split: str, indices: range | list[int], seed: int, *, workers: int 
         else:
             todo.append((split, i, seed))
     start = time.monotonic()
+    failed: list[str] = []
 
     def done(record: dict[str, Any], n: int) -> None:
+        if "error" in record:
+            failed.append(record["error"])
+            print(f"[{n}/{len(todo)}] FAILED: {record['error']}", file=sys.stderr, flush=True)
+            return
         if json_root is not None:
             write_official(record, json_root)
         if progress:
@@ -148,15 +158,21 @@ def generate(split: str, indices: range | list[int], seed: int, *, workers: int 
 
     if workers <= 1 or len(todo) <= 1:
         for n, job in enumerate(todo, 1):
-            records[job[1]] = _worker(job)
-            done(records[job[1]], n)
+            record = _worker(job)
+            done(record, n)
+            if "error" not in record:
+                records[job[1]] = record
     else:
         # Fresh worker processes (spawn): the engine is not fork- or thread-safe and leaks over long runs.
         ctx = multiprocessing.get_context("spawn")
         with ctx.Pool(workers, maxtasksperchild=50) as pool:
             for n, record in enumerate(pool.imap(_worker, todo), 1):
-                records[int(record["traj_data"]["madopd"]["index"])] = record
                 done(record, n)
+                if "error" not in record:
+                    records[int(record["traj_data"]["madopd"]["index"])] = record
+    if failed:
+        raise GenerationError(f"{len(failed)} of {len(indices)} games failed (the others are kept"
+                              f"{' in ' + str(json_root) if json_root else ''}): {failed[0]}")
     return [records[i] for i in indices]
 
 
@@ -170,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     out = parser.add_mutually_exclusive_group(required=True)
     out.add_argument("--out", type=Path, help="data root: games go to OUT/json_2.1.1/<split>/... (upstream layout)")
     out.add_argument("--bundle", type=Path, help="write one gzipped JSON-lines file instead")
+    out.add_argument("--cache", action="store_true",
+                     help="fill the cache madopd/ALFWorld-v0 plays generated games from ($MADOPD_CACHE/alfworld)")
     args = parser.parse_args(argv)
     if args.n < 1 or args.start < 0 or args.workers < 1:
         parser.error("--n and --workers must be >= 1 and --start >= 0")
@@ -178,8 +196,17 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     indices = range(args.start, args.start + args.n)
     json_root = args.out / "json_2.1.1" if args.out else None
+    if args.cache or args.bundle:
+        # A bundle is packed from the cache, so an interrupted run resumes instead of starting over.
+        from madopd_envs.alfworld.data import GeneratedData
+
+        json_root = GeneratedData(seed=args.seed).cache
     t0 = time.monotonic()
-    records = generate(args.split, indices, args.seed, workers=args.workers, json_root=json_root, progress=True)
+    try:
+        records = generate(args.split, indices, args.seed, workers=args.workers, json_root=json_root, progress=True)
+    except GenerationError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if args.bundle:
         write_bundle(records, args.bundle)
     where = args.bundle or json_root / args.split

@@ -274,8 +274,13 @@ def _instance_id(cls: str, near: str, rng: random.Random, taken: set[str]) -> st
             return obj_id
 
 
-def populate(spec: TaskSpec, rng: random.Random) -> dict[str, str]:
-    """Place object instances in receptacles: object id -> receptacle id."""
+def populate(spec: TaskSpec, rng: random.Random, *, open_view: bool = False) -> dict[str, str]:
+    """Place object instances in receptacles: object id -> receptacle id.
+
+    With ``open_view`` the task's objects start outside closed receptacles (drawers, cabinets...)
+    when the room allows it: the generator's fallback for tasks whose scenes the expert could not
+    solve within the step limit (searching a kitchen's twenty cabinets twice takes too long).
+    """
     t = _tables()
     room = load_room(spec.scene)
     by_type: dict[str, list[str]] = {}
@@ -291,6 +296,8 @@ def populate(spec: TaskSpec, rng: random.Random) -> dict[str, str]:
             count = rng.randint(1, 3) if target else rng.randint(1, 2)
         # The target never starts in a receptacle of the goal's type (the goal would hold already).
         types = room.holders(cls, exclude=frozenset({spec.parent_target}) if target else frozenset())
+        if target and open_view and any(r not in t["openable"] for r in types):
+            types = [r for r in types if r not in t["openable"]]
         hosts = [rid for r in types for rid in by_type[r]]
         for _ in range(count):
             host = rng.choice(hosts)

@@ -79,3 +79,13 @@ def test_target_never_starts_in_the_goal_receptacle_type():
 def test_unknown_split_is_refused():
     with pytest.raises(ValueError, match="unknown ALFWorld split"):
         scenes.task_spec("test", 0, 0)
+
+
+def test_open_view_keeps_targets_out_of_closed_receptacles():
+    tables = scenes._tables()
+    spec = next(s for s in (scenes.task_spec("valid_unseen", i, 0) for i in range(134))
+                if s.task_type == "pick_two_obj_and_place" and s.scene == 10)
+    types = {r: cls for r, cls, _ in scenes.load_room(spec.scene).receptacles}
+    placement = scenes.populate(spec, random.Random(0), open_view=True)
+    hosts = {types[r] for o, r in placement.items() if o.split("|")[0] == spec.object_target}
+    assert hosts and not hosts & tables["openable"]

@@ -75,7 +75,7 @@ def speed(args: argparse.Namespace) -> int:
             rates[name] = n / t
         same = len(hashes) == 1
         all_same &= same
-        print(f"| {task_id.split('/')[1]} | {n} | {rates['stock']:.1f} | {rates['memo']:.1f} | {rates['memo+ctx']:.1f} "
+        print(f"| {task_id.split('/', 1)[1]} | {n} | {rates['stock']:.1f} | {rates['memo']:.1f} | {rates['memo+ctx']:.1f} "
               f"| {rates['memo+ctx'] / rates['stock']:.2f} | {same} |", flush=True)
     r = {name: n / t for name, (n, t) in totals.items()}
     print(f"| **all** | {totals['stock'][0]} | {r['stock']:.1f} | {r['memo']:.1f} ({r['memo'] / r['stock']:.2f}x) "

@@ -17,7 +17,7 @@ import torch
 
 from madopd_distill.batch import collate, micro_batches, reduction_coefficients
 from madopd_distill.methods import build_method
-from madopd_distill.methods.base import MethodContext, StudentOutput
+from madopd_distill.methods.base import MethodContext
 from madopd_distill.rollout import Sample
 from madopd_distill.teachers import (HFTeacher, OpenAITeacher, ScoreRequest, TokenizerMismatchError, VLLMTeacher)
 from madopd_distill.trainer import student_forward

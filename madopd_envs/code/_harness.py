@@ -1,4 +1,4 @@
-"""The test harness that runs *inside* the sandbox (executed as ``python3 -I -S -c SRC FD``).
+"""The test harness that runs *inside* the sandbox (executed as ``python3 -s -S -c SRC FD``).
 
 Why three processes: untrusted code that shares a process with the checker can forge any verdict
 (monkeypatch the checker, print "PASS", ``os._exit(0)``, read the expected answers from memory).
@@ -36,6 +36,10 @@ import select
 import struct
 import sys
 import time
+
+# With `-c`, sys.path starts with the cwd (/tmp, writable by the solution): a module dropped there
+# must not shadow what the checker imports later (test code's `import math`).
+sys.path[:] = [p for p in sys.path if p not in ("", ".")]
 
 MAX_DEPTH = 64
 MAX_ITEMS = 100_000  # elements taken from a returned iterator
@@ -565,8 +569,9 @@ def checker_main(verdict_fd):
     except BaseException as e:  # noqa: BLE001 -- a broken task, reported as such
         verdict["context_error"] = format_exception(e, {"task_context.py": part2["context"]})
     if checker.spawn():
-        for name in checker.names:
-            ns.setdefault(name, checker.proxy(name))
+        for name in checker.names:  # the solution's other functions, unless they would shadow a builtin
+            if name not in ns and not hasattr(builtins, name):
+                ns[name] = checker.proxy(name)
     verdict["load_error"] = checker.load_error
     for alias, name in part2["proxies"].items():  # the entry point shadows the prompt's stub
         ns[alias] = checker.proxy(name)

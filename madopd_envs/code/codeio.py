@@ -10,9 +10,11 @@ task is used, then cached in memory.
 
 Rows used are listed in ``data/codeio_index.json``, made by ``python -m madopd_envs.code.codeio``:
 rows whose reference and generator import only the standard library (the sandbox's interpreter has
-no numpy) and no process/thread/socket module, and that gave the same >= 3 usable cases in two
-sandbox runs with different seeds of the ``random`` module (so outputs do not depend on it). Every tenth listed row is in ``test``, the others in ``train``. The data
-file is read directly; ``reasoning_gym`` itself (and its dependencies) is never imported.
+no numpy) and no process/thread/socket module, whose generator does no file I/O, and that gave the
+same >= 3 usable cases, each within 1 s, in two sandbox runs with different seeds of the ``random``
+module (so outputs do not depend on it). Every tenth listed row is in ``test``, the others in
+``train``. The data file is read directly; ``reasoning_gym`` itself (and its dependencies) is
+never imported.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import ast
 import gzip
 import importlib.util
 import json
+import re
 import sys
 import threading
 from functools import lru_cache
@@ -31,6 +34,7 @@ from typing import Any
 from madopd_envs.code.sandbox import Limits, Sandbox
 from madopd_envs.code.tasks import CodeTask
 
+FILE_IO = re.compile(r"open\(|\.write|\bos\.|Path\(|shutil|tempfile")
 INDEX = Path(__file__).with_name("data") / "codeio_index.json"
 CASES = 5
 MIN_CASES = 3
@@ -39,7 +43,10 @@ MAX_CASE_CHARS = 4000  # repr of one case's inputs + output
 # caught by the index build, which runs each row twice with different module-level random seeds.
 NONDETERMINISTIC = {"secrets", "uuid", "subprocess", "socket", "threading", "multiprocessing", "tempfile",
                     "shutil", "signal", "asyncio"}
-BUILD_LIMITS = Limits(timeout_s=20.0, test_timeout_s=5.0, cpu_s=20)
+# Computing a task's expected outputs at first use: generous, so a loaded machine still makes them.
+CASE_LIMITS = Limits(timeout_s=20.0, test_timeout_s=5.0, cpu_s=20)
+# Building the index: strict, so only references that run fast (well within an agent's 3 s per test) are kept.
+INDEX_LIMITS = Limits(timeout_s=10.0, test_timeout_s=1.0, cpu_s=10)
 
 CLOSE = '''import math
 
@@ -117,13 +124,14 @@ def _imports(source: str) -> set[str]:
 
 
 def usable(row: dict[str, Any]) -> bool:
-    """Standard library only, and a reference that imports nothing nondeterministic."""
+    """Standard library only, a reference that imports nothing nondeterministic, and a generator
+    without file I/O (some write the file the reference then reads: the agent's tests would lack it)."""
     try:
         ref, gen = _imports(row["code_sample"]), _imports(row["input_generator"])
     except SyntaxError:
         return False
     std = set(sys.stdlib_module_names)
-    return (ref | gen) <= std and not ref & NONDETERMINISTIC
+    return (ref | gen) <= std and not ref & NONDETERMINISTIC and not FILE_IO.search(row["input_generator"])
 
 
 def _roundtrips(value: Any) -> bool:
@@ -133,7 +141,8 @@ def _roundtrips(value: Any) -> bool:
         return False
 
 
-def compute_cases(sandbox: Sandbox, row: dict[str, Any], seed_base: int, module_seed: int = 0) -> list[tuple[dict, Any]]:
+def compute_cases(sandbox: Sandbox, row: dict[str, Any], seed_base: int, module_seed: int = 0,
+                  limits: Limits = CASE_LIMITS) -> list[tuple[dict, Any]]:
     """Run the row's generator and reference in the sandbox; the cases that can become test source.
 
     Inputs come from ``generate_inputs(Random(seed_base + i))``; ``module_seed`` seeds the ``random``
@@ -141,7 +150,7 @@ def compute_cases(sandbox: Sandbox, row: dict[str, Any], seed_base: int, module_
     program = (f"import random\nrandom.seed({module_seed})\nfrom random import Random\n\n" + row["code_sample"] + "\n\n"
                + row["input_generator"] + CASE_HELPER)
     items = [("value", f"_madopd_case({seed_base + i})") for i in range(CASES)]
-    result = sandbox.run(program, "", items, entry_point="_madopd_case", limits=BUILD_LIMITS)
+    result = sandbox.run(program, "", items, entry_point="_madopd_case", limits=limits)
     cases = []
     for ok, value in result.values:
         if not ok or not (isinstance(value, tuple) and len(value) == 2):
@@ -207,8 +216,9 @@ def build_index(workers: int) -> dict[str, Any]:
     from concurrent.futures import ThreadPoolExecutor
 
     def check(i: int) -> bool:
-        first = compute_cases(sandbox, source_row(i), 1000 * i)
-        return len(first) >= MIN_CASES and compute_cases(sandbox, source_row(i), 1000 * i, module_seed=1) == first
+        first = compute_cases(sandbox, source_row(i), 1000 * i, limits=INDEX_LIMITS)
+        return len(first) >= MIN_CASES and \
+            compute_cases(sandbox, source_row(i), 1000 * i, module_seed=1, limits=INDEX_LIMITS) == first
 
     with ThreadPoolExecutor(workers) as pool:
         keep = [i for i, ok in zip(candidates, pool.map(check, candidates)) if ok]

@@ -43,6 +43,9 @@ from typing import Any, Iterable, Literal, Sequence
 HARNESS_SOURCE = (Path(__file__).with_name("_harness.py")).read_text()
 NOBODY = 65534
 SYSTEM_PYTHON = "/usr/bin/python3"
+# The whole environment of a run. PYTHONHASHSEED=0: set and dict-of-str orders, hence outputs and
+# feedback, are the same in every run (hash randomisation guards servers, not a sandbox).
+RUN_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
 KEEP_OUTPUT_CHARS = 8_192  # of stdout/stderr kept in the result (the cap on what may be written is larger)
 
 Status = Literal["ok", "load_error", "timeout", "output_limit", "harness_error", "task_error"]
@@ -216,7 +219,7 @@ class Sandbox:
         # --as-pid-1: the checker is the namespace's init, so (a) bwrap reaps it itself and no zombie
         # outlives the run, (b) signals from the solution cannot kill it (init ignores unhandled ones).
         args = [self.bwrap, "--unshare-all", "--as-pid-1", "--die-with-parent", "--new-session", "--clearenv",
-                "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8",
+                *(a for k, v in {**RUN_ENV, "HOME": "/tmp"}.items() for a in ("--setenv", k, v)),
                 "--ro-bind", "/usr", "/usr", *_root_entries(), "--proc", "/proc", "--dev", "/dev"]
         real = os.path.realpath(self.python)
         if not real.startswith("/usr/"):  # e.g. <prefix>/bin/python3.11: bind <prefix> read-only
@@ -336,7 +339,9 @@ class Sandbox:
     def _launch(self, job: bytes, lim: Limits) -> tuple[str, str, bytes, str | None]:
         """Start the sandbox, feed it ``job``, collect capped output and the verdict pipe."""
         verdict_r, verdict_w = os.pipe()
-        cmd = [self.python, "-I", "-S", "-c", HARNESS_SOURCE, str(verdict_w)]
+        # Not -I: it implies -E, which would ignore PYTHONHASHSEED. The environment is ours alone
+        # (cleared), -s drops the user site, and the harness removes the cwd from sys.path itself.
+        cmd = [self.python, "-s", "-S", "-c", HARNESS_SOURCE, str(verdict_w)]
         tmpdir = None
         if self.isolated:
             cmd = [*self._bwrap_args(lim.tmp_mb), *cmd]
@@ -349,7 +354,7 @@ class Sandbox:
         try:
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     pass_fds=(verdict_w,), start_new_session=True, cwd=cwd,
-                                    env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": cwd},
+                                    env={**RUN_ENV, "HOME": cwd},
                                     **self._user_kwargs())
         except BaseException:
             os.close(verdict_r)

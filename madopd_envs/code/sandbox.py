@@ -42,6 +42,7 @@ from typing import Any, Iterable, Literal, Sequence
 
 HARNESS_SOURCE = (Path(__file__).with_name("_harness.py")).read_text()
 NOBODY = 65534
+SETPRIV = shutil.which("setpriv", path="/usr/bin:/bin:/usr/sbin:/sbin")  # util-linux
 SYSTEM_PYTHON = "/usr/bin/python3"
 # The whole environment of a run. PYTHONHASHSEED=0: set and dict-of-str orders, hence outputs and
 # feedback, are the same in every run (hash randomisation guards servers, not a sandbox).
@@ -231,10 +232,17 @@ class Sandbox:
         args += ["--tmpfs", "/tmp", "--remount-ro", "/", "--chdir", "/tmp"]
         return args
 
-    def _user_kwargs(self) -> dict:
+    def _as_user(self, cmd: list[str], *, no_new_privs: bool = False) -> tuple[list[str], dict]:
+        """``cmd`` (and Popen keywords) that run it as ``self.uid`` when madopd is root.
+
+        ``setpriv`` rather than Popen's ``user=``: with ``user=`` CPython must fork() the whole host
+        process instead of vfork() -- measured 298 ms per launch from a 2 GB process, against 6.5 ms."""
         if not self._as_root:
-            return {}
-        return {"user": self.uid, "group": self.uid, "extra_groups": []}
+            return cmd, {}
+        if SETPRIV:
+            extra = ["--no-new-privs"] if no_new_privs else []
+            return [SETPRIV, f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups", *extra, *cmd], {}
+        return cmd, {"user": self.uid, "group": self.uid, "extra_groups": []}
 
     def _check_bwrap(self) -> str | None:
         """Why bwrap cannot be used here (``None``: it works). Probed once per configuration."""
@@ -251,10 +259,9 @@ class Sandbox:
             return f"bwrap not found at {self.bwrap}"
         if self._as_root and not _executable_by_others(self.bwrap):
             return f"{self.bwrap} is not executable by uid {self.uid} (a parent directory is private)"
+        cmd, kwargs = self._as_user([*self._bwrap_args(1), self.python, "-I", "-S", "-c", "print('ok')"])
         try:
-            out = subprocess.run([*self._bwrap_args(1), self.python, "-I", "-S", "-c", "print('ok')"],
-                                 capture_output=True, text=True, timeout=30, start_new_session=True,
-                                 **self._user_kwargs())
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, start_new_session=True, **kwargs)
         except (OSError, subprocess.SubprocessError) as e:
             return f"bwrap failed to start: {e}"
         if out.returncode != 0 or out.stdout.strip() != "ok":
@@ -351,11 +358,12 @@ class Sandbox:
             if self._as_root:
                 os.chown(tmpdir, self.uid, self.uid)
             cwd = tmpdir
+        # Without bwrap, no_new_privs at least keeps setuid binaries from raising privileges.
+        cmd, kwargs = self._as_user(cmd, no_new_privs=not self.isolated)
         try:
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     pass_fds=(verdict_w,), start_new_session=True, cwd=cwd,
-                                    env={**RUN_ENV, "HOME": cwd},
-                                    **self._user_kwargs())
+                                    env={**RUN_ENV, "HOME": cwd}, **kwargs)
         except BaseException:
             os.close(verdict_r)
             os.close(verdict_w)

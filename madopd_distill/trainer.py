@@ -456,7 +456,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 student = student_forward(model, batch, method.cfg.temperature)
                 weights = method.token_weights(batch, scores, step).to(student.logits.device)
                 out: LossOutput = method.loss(student, scores, weights, batch, step)
-                accelerator.backward(out.loss)
+                if out.loss.requires_grad:  # a micro-batch whose weights are all zero has nothing to learn
+                    accelerator.backward(out.loss)
                 loss_sum += float(out.loss.detach())
                 kl_rows.append(out.token_kl.cpu())
                 kl_traj.append(batch.row_traj)

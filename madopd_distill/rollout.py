@@ -152,6 +152,7 @@ class _Live:
         self.student_turns = 0
         self.prev_seq: list[int] | None = None  # context + tokens of the last sampled turn
         self.expert_missing = False
+        self.invalid_actions = 0
 
 
 class RolloutCollector:
@@ -166,13 +167,17 @@ class RolloutCollector:
         teacher_agent: writes the turns a plan gives to ``"teacher"`` (same tokenizer as the student).
         expert: make the envs with ``expert=True`` so ``info["expert_action"]`` is available.
         max_env_steps: default per-episode step cap (a plan may lower it).
+        max_invalid_actions: end an episode after this many invalid actions (``info["action_valid"]``
+            False; ``None``: never). After an invalid action many envs leave the agent in a state
+            whose observation no longer shows the task, so the turns that follow teach nothing;
+            the invalid turn itself is kept (the teacher's view of it is the lesson).
         env_kwargs: passed to ``make_vec``/``make``.
     """
 
     def __init__(self, env_id: str, num_envs: int, student: Agent | None, sampling: SamplingParams, *,
                  prompt: RolloutPrompt | None = None, teacher_agent: Agent | None = None,
                  expert: bool = False, max_env_steps: int | None = None,
-                 env_kwargs: dict[str, Any] | None = None):
+                 max_invalid_actions: int | None = None, env_kwargs: dict[str, Any] | None = None):
         from madopd_envs import make_vec
 
         if sampling.n != 1:
@@ -181,6 +186,9 @@ class RolloutCollector:
         self.student, self.sampling, self.teacher_agent = student, sampling, teacher_agent
         self.prompt = prompt or RolloutPrompt.for_env(env_id)
         self.expert, self.max_env_steps = expert, max_env_steps
+        if max_invalid_actions is not None and max_invalid_actions < 1:
+            raise ValueError(f"max_invalid_actions must be >= 1 or None, got {max_invalid_actions}")
+        self.max_invalid_actions = max_invalid_actions
         self.vec = make_vec(env_id, num_envs, expert=expert, **(env_kwargs or {}))
         self.last_stats = RolloutStats()
 
@@ -318,6 +326,7 @@ class RolloutCollector:
             lv.traj.error, lv.traj.truncated, lv.done = info["error"], True, True
             return
         last.info["action_valid"] = bool(info.get("action_valid", True))
+        lv.invalid_actions += not last.info["action_valid"]
         lv.info = info
         lv.traj.rewards.append(reward)
         lv.traj.won = bool(info.get("won", False))
@@ -326,8 +335,10 @@ class RolloutCollector:
         lv.history.observe(obs or "", info)
         cap = min(x for x in (lv.plan.max_env_steps, self.max_env_steps, math.inf) if x is not None)
         plan_stop = lv.plan.max_student_turns is not None and lv.student_turns >= lv.plan.max_student_turns
-        if terminated or truncated or lv.action_turns >= cap or plan_stop:
+        invalid_stop = self.max_invalid_actions is not None and lv.invalid_actions >= self.max_invalid_actions
+        if terminated or truncated or lv.action_turns >= cap or plan_stop or invalid_stop:
             lv.done = True
             lv.traj.truncated = not terminated
             lv.traj.meta["stopped_by_plan"] = bool(plan_stop and not terminated)
+            lv.traj.meta["stopped_invalid"] = bool(invalid_stop and not terminated)
 

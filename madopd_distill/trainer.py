@@ -88,7 +88,8 @@ class OptimConfig:
 
 @dataclass
 class RolloutConfig:
-    """How rollouts are sampled. ``backend=vllm`` reloads a vLLM engine from the latest checkpoint
+    """How rollouts are sampled. ``max_invalid_actions``: end a training episode after that many
+    invalid actions (see ``RolloutCollector``; evaluation never stops early). ``backend=vllm`` reloads a vLLM engine from the latest checkpoint
     every ``reload_every`` steps (on CPU, vLLM cannot take weights in place)."""
 
     num_envs: int = 4
@@ -98,6 +99,7 @@ class RolloutConfig:
     top_p: float = 1.0
     max_new_tokens: int = 64
     max_env_steps: int | None = 20
+    max_invalid_actions: int | None = None
     backend: str = "hf"
     reload_every: int = 1
     batch_size: int = 16
@@ -329,7 +331,11 @@ def evaluate(collector: RolloutCollector, task_ids: Sequence[str], split: str, s
     from madopd_distill.rollout import RolloutPlan
 
     eps = [Episode(t, i, split) for i, t in enumerate(task_ids)]
-    trajs = collector.collect(eps, [RolloutPlan(max_env_steps=max_env_steps) for _ in eps], sampling=sampling)
+    saved, collector.max_invalid_actions = collector.max_invalid_actions, None  # eval plays episodes out
+    try:
+        trajs = collector.collect(eps, [RolloutPlan(max_env_steps=max_env_steps) for _ in eps], sampling=sampling)
+    finally:
+        collector.max_invalid_actions = saved
     return episode_metrics(trajs, "eval_")
 
 
@@ -404,7 +410,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     collector = RolloutCollector(cfg.env, cfg.rollout.num_envs, student_agent, cfg.rollout.sampling(), prompt=prompt,
                                  teacher_agent=next(iter(teacher_agents.values()), None),
                                  expert=method.needs_expert, max_env_steps=cfg.rollout.max_env_steps,
-                                 env_kwargs=cfg.env_kwargs)
+                                 max_invalid_actions=cfg.rollout.max_invalid_actions, env_kwargs=cfg.env_kwargs)
     train_ids = collector.vec.call("tasks", cfg.split, indices=[0])[0][: cfg.num_train_tasks]
     sampler = TaskSampler(train_ids, seed=cfg.seed * 7919 + accelerator.process_index)
     eval_ids = cfg.eval.task_ids(collector.vec.call("tasks", cfg.eval.split, indices=[0])[0])

@@ -122,12 +122,19 @@ def test_expert_turns_are_not_trained_and_plans_cap_student_turns(collector) -> 
     assert any(m["content"] == expert.text for m in traj.turns[3].context)
 
 
-def test_plan_errors_are_clear(student) -> None:
-    with RolloutCollector(ENV, 1, student, SAMPLING, max_env_steps=1) as col:
+def test_invalid_action_cap_and_plan_errors(student) -> None:
+    with RolloutCollector(ENV, 1, student, SAMPLING, max_env_steps=3, max_invalid_actions=1) as col:
+        (traj,) = col.collect([Episode("train-7")])
+        first_valid = traj.student_turns[0].info["action_valid"]
+        if first_valid:
+            pytest.skip("the random student's first action happened to be valid")
+        assert traj.num_steps == 1 and traj.meta["stopped_invalid"] and traj.truncated
         with pytest.raises(ValueError, match="expert=True"):
             col.collect([Episode("train-1")], [RolloutPlan(writer=lambda t, i: "expert")])
         with pytest.raises(ValueError, match="no teacher_agent"):
             col.collect([Episode("train-1")], [RolloutPlan(writer=lambda t, i: "teacher")])
+    with pytest.raises(ValueError, match="max_invalid_actions"):
+        RolloutCollector(ENV, 1, student, SAMPLING, max_invalid_actions=0)
 
 
 def test_data_types_reject_inconsistent_input() -> None:

@@ -29,22 +29,6 @@ pytest.importorskip("scienceworld")
 SHORT = "lifespan-longest-lived/93"  # a test variation whose gold path is 4 actions
 
 
-@pytest.fixture(scope="session", autouse=True)
-def no_jvm_left_after_the_session():
-    """At the end of the test session no JVM may still run below this process."""
-    yield
-    leftover = child_jvms()
-    assert not leftover, f"JVMs still running after the test session: {leftover}"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_jvm_left_by_this_module():
-    before = set(child_jvms())
-    yield
-    leftover = set(child_jvms()) - before
-    assert not leftover, f"test_scienceworld left JVMs running: {sorted(leftover)}"
-
-
 @pytest.fixture(scope="module")
 def env():
     e = madopd_envs.make("madopd/ScienceWorld-v0", expert=True, split="test")

@@ -11,28 +11,12 @@ import psutil
 import pytest
 
 import madopd_envs
-from madopd_envs.jvm import EngineCrashed, child_jvms, java_process
+from madopd_envs.jvm import EngineCrashed, java_process
 from madopd_envs.textworldexpress.env import DEFAULT_PARAMS, FOLDS, GAMES, parse_params
 
 pytest.importorskip("textworld_express")
 
 IDS = {s.kwargs["game"]: s.id for s in madopd_envs.registered() if s.card.family == "textworldexpress"}
-
-
-@pytest.fixture(scope="session", autouse=True)
-def no_jvm_left_after_the_session():
-    """At the end of the test session no JVM may still run below this process."""
-    yield
-    leftover = child_jvms()
-    assert not leftover, f"JVMs still running after the test session: {leftover}"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_jvm_left_by_this_module():
-    before = set(child_jvms())
-    yield
-    leftover = set(child_jvms()) - before
-    assert not leftover, f"test_twx left JVMs running: {sorted(leftover)}"
 
 
 @pytest.fixture

@@ -45,8 +45,8 @@ class Constant:
 
 
 @dataclass(frozen=True)
-class Linear:
-    """``start`` at step 0, straight to ``end`` at ``total_steps``, then ``end``."""
+class _Ramp:
+    """From ``start`` at step 0 to ``end`` at ``total_steps`` (held after); subclasses give the shape."""
 
     start: float
     end: float
@@ -56,26 +56,25 @@ class Linear:
         if self.total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {self.total_steps}")
 
-    def __call__(self, step: int) -> float:
-        frac = min(_check_step(step) / self.total_steps, 1.0)
-        return self.start + (self.end - self.start) * frac
+    def progress(self, step: int) -> float:
+        """The fraction of the ramp done at ``step``, in [0, 1]."""
+        return min(_check_step(step) / self.total_steps, 1.0)
 
 
 @dataclass(frozen=True)
-class Cosine:
-    """Half a cosine from ``start`` (step 0) to ``end`` (``total_steps`` and after)."""
-
-    start: float
-    end: float
-    total_steps: int
-
-    def __post_init__(self) -> None:
-        if self.total_steps < 1:
-            raise ValueError(f"total_steps must be >= 1, got {self.total_steps}")
+class Linear(_Ramp):
+    """``start`` at step 0, straight to ``end`` at ``total_steps``, then ``end``."""
 
     def __call__(self, step: int) -> float:
-        frac = min(_check_step(step) / self.total_steps, 1.0)
-        return self.end + (self.start - self.end) * 0.5 * (1.0 + math.cos(math.pi * frac))
+        return self.start + (self.end - self.start) * self.progress(step)
+
+
+@dataclass(frozen=True)
+class Cosine(_Ramp):
+    """Half a cosine from ``start`` (step 0) to ``end`` (``total_steps`` and after)."""
+
+    def __call__(self, step: int) -> float:
+        return self.end + (self.start - self.end) * 0.5 * (1.0 + math.cos(math.pi * self.progress(step)))
 
 
 @dataclass(frozen=True)
@@ -119,11 +118,15 @@ class Step:
         return float(min(self.k_start + _check_step(step) // self.eta, self.k_max))
 
 
-def f2b_window(step: int, k: int) -> int:
-    """TCOD F2B: how many env steps the student may take at training step ``step``: ``1 + step // k``."""
+def _check_k(k: int) -> int:
     if k < 1:
         raise ValueError(f"k (training steps per extra env step) must be >= 1, got {k}")
-    return 1 + _check_step(step) // k
+    return k
+
+
+def f2b_window(step: int, k: int) -> int:
+    """TCOD F2B: how many env steps the student may take at training step ``step``: ``1 + step // k``."""
+    return 1 + _check_step(step) // _check_k(k)
 
 
 def b2f_replay_point(step: int, k: int, expert_length: int) -> int:
@@ -132,11 +135,9 @@ def b2f_replay_point(step: int, k: int, expert_length: int) -> int:
     ``max(0, L - 1 - step // k)`` for an expert trajectory of ``L`` actions: at step 0 the student
     writes only the last action; every ``k`` steps it takes over one more.
     """
-    if k < 1:
-        raise ValueError(f"k (training steps per extra env step) must be >= 1, got {k}")
     if expert_length < 0:
         raise ValueError(f"expert_length must be >= 0, got {expert_length}")
-    return max(0, expert_length - 1 - _check_step(step) // k)
+    return max(0, expert_length - 1 - _check_step(step) // _check_k(k))
 
 
 _KINDS: dict[str, type] = {"constant": Constant, "linear": Linear, "cosine": Cosine,

@@ -37,7 +37,8 @@ def check_info(info: dict[str, Any], *, expert: bool, where: str) -> None:
         assert "expert_action" not in info, f"{where}: expert_action leaked without expert=True"
 
 
-def _children() -> set[int]:
+def child_pids() -> set[int]:
+    """Live (non-zombie) descendants of this process."""
     import psutil
 
     return {p.pid for p in psutil.Process(os.getpid()).children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE}
@@ -72,7 +73,7 @@ def check_text_env(env: TextEnv, *, seed: int = 0, n_steps: int = 3, run_gymnasi
     """
     assert isinstance(env, TextEnv), f"{type(env).__name__} is not a madopd_envs.core.TextEnv"
     name = type(env).__name__
-    children_before = _children()
+    children_before = child_pids()
 
     # gymnasium's own checker: spaces, reset/step signatures, seeding, determinism.
     if run_gymnasium_checker:
@@ -121,5 +122,5 @@ def check_text_env(env: TextEnv, *, seed: int = 0, n_steps: int = 3, run_gymnasi
     # Close: idempotent, and no child process left behind.
     env.close()
     env.close()
-    leftover = _children() - children_before
+    leftover = child_pids() - children_before
     assert not leftover, f"{name}.close() left child processes: {sorted(leftover)}"

@@ -3,7 +3,7 @@
 import pytest
 
 import madopd_envs
-from madopd_envs.testing import _children, check_text_env
+from madopd_envs.testing import child_pids, check_text_env
 
 IDS = [s.id for s in madopd_envs.registered()]
 
@@ -14,9 +14,9 @@ def test_registered_env_conforms(env_id):
     if not spec.card.available:
         pytest.skip(f"{env_id}: engine not installed ({', '.join(spec.card.missing_modules())}); "
                     f"`make setup` installs it (pip install 'madopd[{spec.card.extra}]')")
-    before = _children()
+    before = child_pids()
     check_text_env(madopd_envs.make(env_id))
-    assert _children() <= before, f"{env_id} left child processes behind"
+    assert child_pids() <= before, f"{env_id} left child processes behind"
 
 
 ONE_PER_FAMILY = list({s.card.family: s.id for s in reversed(madopd_envs.registered())}.values())

@@ -168,6 +168,7 @@ class TrainConfig:
     seed: int = 0
     dtype: str = "float32"
     tensorboard: bool = False
+    ref_teacher: TeacherSpec | None = None
 
     def __post_init__(self) -> None:
         if not self.teachers:
@@ -181,6 +182,8 @@ class TrainConfig:
         for key in ("method_args", "env_kwargs", "prompt"):  # YAML null = none
             d[key] = d.get(key) or {}
         d["teachers"] = [_from_dict(TeacherSpec, t, "teachers[]") for t in d.get("teachers") or []]
+        if d.get("ref_teacher") is not None:
+            d["ref_teacher"] = _from_dict(TeacherSpec, d["ref_teacher"], "ref_teacher")
         d["rollout"] = _from_dict(RolloutConfig, d.get("rollout"), "rollout")
         d["optim"] = _from_dict(OptimConfig, d.get("optim"), "optim")
         d["eval"] = _from_dict(EvalConfig, d.get("eval"), "eval")
@@ -312,6 +315,58 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return path if (path / "trainer_state.json").exists() else None
 
 
+class CountingTeacher:
+    """A teacher that counts the token positions it scores (``cost/teacher_tokens_scored``), so a
+    study can compare what methods spend; everything else is the wrapped teacher's."""
+
+    def __init__(self, inner: Teacher):
+        self.inner, self.scored = inner, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def score(self, requests: Any, *, top_k: int | None = None) -> Any:
+        out = self.inner.score(requests, top_k=top_k)
+        self.scored += out.num_rows
+        return out
+
+
+class CountingAgent:
+    """A teacher agent that counts the tokens it writes (debates, judgements, guided turns:
+    ``cost/teacher_tokens_generated``)."""
+
+    def __init__(self, inner: Any):
+        self.inner, self.generated = inner, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def act(self, *args: Any, **kwargs: Any) -> Any:
+        outs = self.inner.act(*args, **kwargs)
+        self.generated += sum(len(o.token_ids or ()) for o in outs)
+        return outs
+
+
+def reference_kl(ref: Teacher, student: StudentOutput, batch: StepBatch, reuse: Any = None) -> torch.Tensor:
+    """``[N]`` KL(S||T_ref) per student token, the reference teacher scoring the student's own tokens in
+    the plain context (no privileged transcript, no teacher mixture), at temperature 1: the one quality
+    metric every method logs (``ref/kl_token``, ``ref/kl_traj``) whatever its own loss."""
+    from madopd_distill import divergences as D
+    from madopd_distill.teachers import ScoreRequest
+
+    with torch.no_grad():
+        scores = reuse
+        if scores is None:
+            plain = [ScoreRequest(s.input_ids, [t for t, m in enumerate(s.loss_mask) if m]) for s in batch.samples]
+            scores = ref.score(plain, top_k=None)  # served teachers answer with their default top-k
+        s_logits = student.logits.detach().float()
+        if scores.full:
+            return D.chunked_divergence(s_logits, scores.logits.to(s_logits.device).float(), "reverse_kl")
+        s_lp, t_lp = D.topk_logprobs(s_logits, scores.topk_ids.to(s_logits.device),
+                                     scores.topk_logprobs.to(s_logits.device).float(), "remainder", 1.0)
+        return D.divergence(s_lp, t_lp, "reverse_kl").detach()
+
+
 # -- metrics ---------------------------------------------------------------------------------------
 def episode_metrics(trajs: Sequence[Trajectory], prefix: str = "") -> dict[str, float]:
     ok = [t for t in trajs if t.error is None]
@@ -382,6 +437,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     model, tokenizer = load_causal_lm(cfg.student, cfg.dtype)
     model.to(accelerator.device)
     teachers, teacher_agents = build_teachers(cfg.teachers, tokenizer, cfg.dtype, accelerator.device)
+    ref_teacher = None  # the reference of ref/kl_*: a configured teacher (same path) is reused, not reloaded
+    if cfg.ref_teacher is not None:
+        same = [s.name for s in cfg.teachers if (s.backend, s.path, s.base_url, s.model) == (
+            cfg.ref_teacher.backend, cfg.ref_teacher.path, cfg.ref_teacher.base_url, cfg.ref_teacher.model)]
+        ref_teacher = teachers[same[0]] if same else \
+            build_teachers([cfg.ref_teacher], tokenizer, cfg.dtype, accelerator.device)[0][cfg.ref_teacher.name]
+    teachers = {k: CountingTeacher(v) for k, v in teachers.items()}
+    teacher_agents = {k: CountingAgent(v) for k, v in teacher_agents.items()}
     prompt = RolloutPrompt.for_env(cfg.env, **cfg.prompt)
     method: Method = build_method(cfg.method, cfg.method_args, MethodContext(
         teachers=teachers, teacher_agents=teacher_agents, tokenizer=tokenizer, prompt=prompt,
@@ -453,8 +516,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             samples = method.make_samples(trajs, step)
             model.train()
             optimizer.zero_grad(set_to_none=True)
-            loss_sum, kl_rows, kl_traj, extra = 0.0, [], [], {}
-            t_teacher = 0.0
+            loss_sum, kl_rows, kl_traj, extra, ref_rows = 0.0, [], [], {}, []
+            t_teacher, t_ref = 0.0, 0.0
+            scored0 = sum(t.scored for t in teachers.values())
+            generated0 = sum(a.generated for a in teacher_agents.values())
             for batch in micro_batches(samples, method.cfg.reduction, tokenizer.pad_token_id, cfg.micro_batch_tokens):
                 ts = time.perf_counter()
                 scores = method.score(batch, step)
@@ -467,6 +532,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 loss_sum += float(out.loss.detach())
                 kl_rows.append(out.token_kl.cpu())
                 kl_traj.append(batch.row_traj)
+                if ref_teacher is not None:
+                    tr = time.perf_counter()
+                    plain = type(method).score is Method.score and scores and scores[0].full and \
+                        teachers[next(iter(teachers))].inner is ref_teacher and \
+                        all(s.teacher_input_ids is None for s in batch.samples)
+                    ref_rows.append(reference_kl(ref_teacher, student, batch, scores[0] if plain else None).cpu())
+                    t_ref += time.perf_counter() - tr
                 for k, v in out.metrics.items():
                     extra.setdefault(k, []).append(float(v))
             grad_norm = None
@@ -480,7 +552,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             kl = torch.cat(kl_rows) if kl_rows else torch.zeros(0)
             traj_of = torch.cat(kl_traj) if kl_traj else torch.zeros(0, dtype=torch.long)
             per_traj = [float(kl[traj_of == k].sum()) for k in sorted(set(traj_of.tolist()))]
-            elapsed = time.perf_counter() - t0
+            ref_metrics: dict[str, float] = {}
+            if ref_teacher is not None:
+                rkl = torch.cat(ref_rows) if ref_rows else torch.zeros(0)
+                ref_traj = [float(rkl[traj_of == k].sum()) for k in sorted(set(traj_of.tolist()))]
+                ref_metrics = {"ref/kl_token": float(rkl.mean()) if rkl.numel() else 0.0,
+                               "ref/kl_traj": sum(ref_traj) / len(ref_traj) if ref_traj else 0.0,
+                               "time_ref_s": t_ref}
+            elapsed = time.perf_counter() - t0 - t_ref  # the measurement is not the method's cost
             record = {
                 "kind": "train", "step": step + 1, "loss": loss_sum,
                 "kl_token_mean": float(kl.mean()) if kl.numel() else 0.0,
@@ -491,6 +570,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 "tokens_per_s": int(kl.numel()) / elapsed if elapsed > 0 else 0.0,
                 "time_rollout_s": t_roll, "time_teacher_s": t_teacher, "time_step_s": elapsed,
                 "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                "cost/teacher_tokens_scored": sum(t.scored for t in teachers.values()) - scored0,
+                "cost/teacher_tokens_generated": sum(a.generated for a in teacher_agents.values()) - generated0,
+                **ref_metrics,
                 **{k: sum(v) / len(v) for k, v in extra.items()},
                 **method.log_metrics(trajs, step),
             }

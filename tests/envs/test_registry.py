@@ -18,7 +18,7 @@ def test_unknown_id_suggests_close_matches():
 
 
 def test_bad_id_is_rejected():
-    with pytest.raises(ValueError, match="madopd/<Name>-v<N>"):
+    with pytest.raises(ValueError, match="<namespace>/<Name>-v<N>"):
         madopd_envs.register("CookingWorld", "madopd_envs.core:TextEnv")
 
 
@@ -42,12 +42,16 @@ def test_gymnasium_make_reaches_the_same_env():
 def test_list_json_names_every_registered_env():
     out = subprocess.run([sys.executable, "-m", "madopd_envs", "list", "--json"], capture_output=True, text=True,
                          check=True).stdout
-    rows = json.loads(out)
-    builtin = {s.id for s in madopd_envs.registered() if isinstance(s.entry_point, str)}  # not test-registered
-    assert {r["id"] for r in rows} == builtin
+    listing = json.loads(out)
+    rows = listing["envs"]
+    builtin = {s.id for s in madopd_envs.registered() if s.source == "built-in"}
+    assert {r["id"] for r in rows} >= builtin  # plus any plugin installed in this environment
     for r in rows:
-        assert set(r) == {"id", "family", "splits", "available"}
+        assert set(r) == {"id", "family", "splits", "available", "package", "version", "source"}
         assert isinstance(r["available"], bool) and isinstance(r["splits"], dict)
+    coin = next(r for r in rows if r["id"] == "madopd/TWX-Coin-v0")
+    assert coin["package"] == "madopd" and coin["version"] and coin["source"] == "built-in"
+    assert isinstance(listing["broken_plugins"], list)
 
 
 def test_list_table_runs():

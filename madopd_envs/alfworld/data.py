@@ -74,6 +74,7 @@ class OfficialData:
     def __init__(self, path: str | os.PathLike[str]):
         self.root = json_root(path)
         self._ids: dict[str, list[str]] = {}
+        self.skipped: dict[str, dict[str, int]] = {}  # split -> reason -> games left out (said in eval notes)
         self._lock = threading.Lock()
 
     def describe(self) -> str:
@@ -87,17 +88,26 @@ class OfficialData:
 
     def _collect(self, split: str) -> list[str]:
         ids = []
+        skipped = self.skipped[split] = {}
+
+        def skip(reason: str) -> None:
+            skipped[reason] = skipped.get(reason, 0) + 1
+
         for traj_path in sorted((self.root / split).rglob("traj_data.json")):
             game_dir = traj_path.parent
             rel = game_dir.relative_to(self.root).as_posix()
             if "movable" in rel or "Sliced" in rel:
+                skip("'movable'/'Sliced' in the path")
                 continue
             game_path = game_dir / "game.tw-pddl"
             if not game_path.exists():
+                skip("no game.tw-pddl")
                 continue
             if json.loads(traj_path.read_text()).get("task_type") not in scenes.TASK_TYPES:
+                skip("task_type not one of the six")
                 continue
             if json.loads(game_path.read_text()).get("solvable") is not True:  # upstream skips missing/False
+                skip('no "solvable": true')
                 continue
             ids.append(rel)
         return ids

@@ -3,9 +3,12 @@
     python -m madopd_envs.eval --agent expert --env madopd/TWX-Coin-v0 --episodes 5 --output runs/x
     python -m madopd_envs.eval --agent smollm2-135m --agent random --leaderboard default --output runs/d --resume
 
-With several ``--agent``s each writes to ``OUTPUT/<agent>/``. Exit codes: 0 done, 2 bad arguments or
-configuration (missing weights, unknown env/agent, a different run in OUTPUT), 130 interrupted (the
-finished episodes are on disk; rerun with ``--resume``).
+With several ``--agent``s each writes to ``OUTPUT/<agent>/``. Exit codes: 0 done; 2 bad arguments,
+configuration or output (missing weights, unknown env/agent/split, missing data, a different run or other
+data in OUTPUT, an output that cannot be written: read-only, full, a file), checked before any model
+loads where possible and always said in one line; 3 done, but some episodes errored (a dead or hung
+worker, an agent that raised, answered garbage or timed out: see ``errors`` in summary.json; rerun with
+``--resume --retry-errored``); 130 interrupted (the finished episodes are on disk; rerun with ``--resume``).
 """
 
 from __future__ import annotations
@@ -36,7 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-envs", type=int, default=4, help="episodes played at once, each in its own worker")
     p.add_argument("--output", type=Path, help="results folder (default runs/eval/<agent>-<leaderboard|env>)")
     p.add_argument("--resume", action="store_true", help="continue the run in OUTPUT, skipping finished episodes")
+    p.add_argument("--retry-errored", action="store_true",
+                   help="with --resume (implied): play the run's errored episodes again")
     p.add_argument("--step-timeout", type=float, default=120.0, help="seconds before a step counts as hung")
+    p.add_argument("--agent-timeout", type=float, default=1800.0,
+                   help="seconds one batched agent.act may take before its episodes count as errored (0: no limit)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -68,7 +75,8 @@ def entries_from_args(args: argparse.Namespace) -> tuple[list[Entry], str | None
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from madopd_envs.eval.runner import ResumeError, evaluate
+    from madopd_envs.eval.results import OutputError
+    from madopd_envs.eval.runner import ResumeError, check_output, evaluate
     from madopd_envs.eval.tables import leaderboard_table, summary_table
 
     command = "python -m madopd_envs.eval " + shlex.join(sys.argv[1:] if argv is None else argv)
@@ -83,31 +91,54 @@ def main(argv: list[str] | None = None) -> int:
     if args.num_envs < 1 or (args.episodes is not None and args.episodes < 1):
         print("error: --num-envs and --episodes must be >= 1", file=sys.stderr)
         return 2
+    if args.step_timeout <= 0 or args.agent_timeout < 0:
+        print("error: --step-timeout must be > 0 and --agent-timeout >= 0 (0: no limit)", file=sys.stderr)
+        return 2
     summaries = []
     try:
-        agent_args = parse_agent_args(args.agent_args)
+        try:
+            agent_args = parse_agent_args(args.agent_args)
+        except ValueError:
+            raise
+        except Exception as e:  # yaml's errors for a value such as `stop=[a` span lines: one line here
+            raise ConfigError(f"--agent-args {args.agent_args!r}: a value is not valid YAML: "
+                              f"{' '.join(str(e).split())}") from e
         entries, board = entries_from_args(args)
         where = board or args.env.split("/")[-1]
+        outputs = {}
         for name in args.agent:
             output = args.output or Path("runs/eval") / f"{name}-{where}"
-            if len(args.agent) > 1:
-                output = output / name
+            outputs[name] = output / name if len(args.agent) > 1 else output
+            check_output(outputs[name])  # every agent's output, before the first model loads
+        for name, output in outputs.items():
             summary = evaluate(agent_name=name, agent_args=agent_args, entries=entries, output=output,
-                               leaderboard=board, num_envs=args.num_envs, resume=args.resume,
-                               progress=not args.no_progress, step_timeout=args.step_timeout, command=command,
-                               log=lambda m: print(m, file=sys.stderr))
+                               leaderboard=board, num_envs=args.num_envs, resume=args.resume or args.retry_errored,
+                               retry_errored=args.retry_errored, progress=not args.no_progress,
+                               step_timeout=args.step_timeout, agent_timeout=args.agent_timeout or None,
+                               command=command, log=lambda m: print(m, file=sys.stderr))
             summaries.append(summary)
             print(f"\n## {summary['agent']}" + (f" on {board}" if board else "") + f"  ({output})\n")
             print(summary_table(summary))
     except KeyboardInterrupt:
         print("\ninterrupted: finished episodes are saved; rerun the same command with --resume", file=sys.stderr)
         return 130
-    except (ModelUnavailableError, ConfigError, ResumeError, UnknownEnvError, MissingEngineError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ModelUnavailableError, ConfigError, ResumeError, UnknownEnvError, MissingEngineError, OutputError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     if len(summaries) > 1:
         print("\n## success rate ± stderr\n")
         print(leaderboard_table(summaries))
+    errored = {s["agent"]: s["errored"] for s in summaries if s["errored"]}
+    if errored:
+        causes = {}
+        for s in summaries:
+            for kind, n in s.get("errors", {}).items():
+                causes[kind] = causes.get(kind, 0) + n
+        print(f"error: {sum(errored.values())} episode(s) errored after a retry "
+              f"({', '.join(f'{n} {k}' for k, n in causes.items())}; per agent: "
+              f"{', '.join(f'{a} {n}' for a, n in errored.items())}); they are left out of the rates. Rerun with "
+              f"--resume --retry-errored to play them again", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -166,6 +166,7 @@ class Unit:
 class Plan:
     units: list[Unit] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # e.g. "asked for 50 episodes, split has 20"
+    source: str = ""  # where the tasks come from (generated / official data and its path, catalogue hash)
 
 
 def plan_entry(entry: Entry, task_ids: list[str]) -> Plan:

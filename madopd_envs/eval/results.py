@@ -1,13 +1,15 @@
 """The results schema: one JSON line per finished episode, and the summary computed from them.
 
 ``episodes.jsonl`` is the source of truth. Each line is written when its episode finishes, then
-flushed and fsynced, so a killed eval loses at most the episodes in flight; a line cut by the kill is
-dropped (and cut off the file) on resume. ``summary.json`` is a pure function of the records of the
+flushed and fsynced, so a killed eval loses at most the episodes in flight; a line cut by the kill (even
+inside a multi-byte UTF-8 character) is dropped, said so, and cut off the file on resume. A write that
+fails (full disk, read-only filesystem) is undone and raised as :class:`OutputError`, one line. ``summary.json`` is a pure function of the records of the
 planned units, so an interrupted-and-resumed eval ends with the summary of an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -17,6 +19,18 @@ from pathlib import Path
 from typing import Any, Iterable
 
 SCHEMA_VERSION = 1
+
+
+class OutputError(RuntimeError):
+    """Results cannot be written where asked (full disk, read-only filesystem, a file in the way)."""
+
+
+def output_problem(path: Path, e: OSError) -> OutputError:
+    """One line naming the file, the cause and what to do."""
+    cause = e.strerror or str(e)
+    hint = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space",
+            errno.EROFS: "the filesystem is read-only: choose another --output"}.get(e.errno, "choose another --output")
+    return OutputError(f"cannot write {path}: {cause} ({hint}; finished episodes are kept, rerun with --resume)")
 
 
 @dataclass
@@ -58,10 +72,12 @@ class EpisodeRecord:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
-    error: str | None = None  # set when the episode could not be played to its end (dead worker...)
+    error: str | None = None  # set when the episode could not be played to its end (dead worker, agent...)
+    error_kind: str | None = None  # "env", "agent raised", "agent output", "agent timeout"
     attempts: int = 1
     first_error: str | None = None  # the error of a first attempt that was retried
     versions: dict[str, str] = field(default_factory=dict)
+    source: str = ""  # where the task came from (generated / official data and its path, catalogue hash)
     trajectory: list[StepRecord] = field(default_factory=list)
     schema: int = SCHEMA_VERSION
 
@@ -76,42 +92,77 @@ class EpisodeStore:
         self.path = Path(path)
 
     def load(self, *, repair: bool = False) -> dict[str, dict[str, Any]]:
-        """Records by key (the last one wins if a key repeats). With ``repair``, a partial last line
-        (a write cut by kill -9) is cut off the file so appends start on a clean line."""
+        """Records by key (the last one wins if a key repeats).
+
+        A line that is not a complete JSON record -- a write cut by kill -9, possibly inside a UTF-8
+        character -- is dropped and described in ``self.dropped``. With ``repair`` the file is mended so
+        appends start on a clean line: a cut tail is truncated (which needs no free space), a bad line
+        elsewhere (never written by this store) is removed by an atomic rewrite.
+        """
+        self.dropped: list[str] = []
         records: dict[str, dict[str, Any]] = {}
         if not self.path.exists():
             return records
         data = self.path.read_bytes()
-        good_end = 0
-        for line in data.split(b"\n"):
-            end = good_end + len(line) + 1
+        lines = data.split(b"\n")
+        good: list[bytes] = []
+        bad_at: list[int] = []
+        for n, line in enumerate(lines):
             if not line.strip():
-                good_end = min(end, len(data))
                 continue
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                break  # only the last line can be partial: appends are sequential
-            if end > len(data):  # a complete JSON object without its newline: keep it, add the newline
-                records[rec["key"]] = rec
-                good_end = len(data)
-                if repair:
+                rec = json.loads(line.decode("utf-8"))
+                if not isinstance(rec, dict) or not isinstance(rec.get("key"), str):
+                    raise ValueError("not an episode record")
+            except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+                bad_at.append(n)
+                self.dropped.append(f"line {n + 1} ({len(line)} bytes): {type(e).__name__}")
+                continue
+            records[rec["key"]] = rec
+            good.append(line)
+        if repair:
+            tail_only = all(n == len(lines) - 1 for n in bad_at)
+            try:
+                if bad_at and tail_only:  # the usual case: the last write was cut
+                    with open(self.path, "r+b") as fh:
+                        fh.truncate(len(data) - len(lines[-1]))
+                elif bad_at:
+                    tmp = Path(f"{self.path}.tmp")
+                    try:
+                        tmp.write_bytes(b"".join(x + b"\n" for x in good))
+                        os.replace(tmp, self.path)
+                    finally:
+                        tmp.unlink(missing_ok=True)
+                elif data and not data.endswith(b"\n"):  # a complete record whose newline was lost
                     with open(self.path, "ab") as fh:
                         fh.write(b"\n")
-                break
-            records[rec["key"]] = rec
-            good_end = end
-        if repair and good_end < len(data):
-            with open(self.path, "r+b") as fh:
-                fh.truncate(good_end)
+            except OSError as e:
+                raise output_problem(self.path, e) from None
         return records
 
     def append(self, record: EpisodeRecord) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(record.to_json() + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        """Append one line, flushed and fsynced; a failed write is cut back off and raised as OutputError."""
+        line = (record.to_json() + "\n").encode("utf-8")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise output_problem(self.path, e) from None
+        try:
+            start = os.lseek(fd, 0, os.SEEK_END)
+            try:
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except OSError as e:
+                try:
+                    os.ftruncate(fd, start)  # no half line is left behind (truncating needs no space)
+                except OSError:
+                    pass  # load() drops a partial line anyway
+                raise output_problem(self.path, e) from None
+        finally:
+            os.close(fd)
 
 
 def _mean(xs: list[float]) -> float:
@@ -125,6 +176,15 @@ def _stderr(xs: list[float]) -> float:
         return 0.0 if n == 1 else float("nan")
     m = _mean(xs)
     return math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1) / n)
+
+
+def error_kinds(records: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """How many episodes errored, by cause (records written before ``error_kind`` existed count as env)."""
+    counts: dict[str, int] = defaultdict(int)
+    for r in records:
+        if r.get("error"):
+            counts[r.get("error_kind") or "env"] += 1
+    return dict(sorted(counts.items()))
 
 
 def metrics(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -190,6 +250,7 @@ def summarize(records: list[dict[str, Any]], *, agent: str, leaderboard: str | N
         "finished_episodes": len(records),
         **{k: overall[k] for k in ("success_rate", "stderr", "mean_score", "score_stderr", "invalid_action_rate",
                                    "invalid_format_rate", "errored")},
+        "errors": error_kinds(records),
         "overall": overall,
         "envs": envs,
         "versions": versions,
@@ -198,7 +259,12 @@ def summarize(records: list[dict[str, Any]], *, agent: str, leaderboard: str | N
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write atomically (temp file + rename): a kill never leaves a half-written summary."""
+    """Write atomically (temp file + rename): a kill never leaves a half-written summary, and a failed
+    write (full disk) leaves no temporary file and raises :class:`OutputError`."""
     tmp = Path(f"{path}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise output_problem(path, e) from None

@@ -2,8 +2,15 @@
 
 Each env of a leaderboard runs in ``make_vec`` workers (``num_envs`` episodes at once); every turn, the
 replies of all live episodes come from one batched ``agent.act`` call. An episode is written to disk
-the moment it ends. A worker that dies or hangs yields an *errored* episode, which is retried once
-from scratch; a second failure is written with its error and reported.
+the moment it ends. A worker that dies or hangs, or an agent that raises, returns something that is not
+an ``ActionOutput`` with a ``str`` text, or does not answer within ``agent_timeout``, yields an *errored*
+episode (its cause in ``error``/``error_kind``), which is retried once from scratch; a second failure is
+written with its error and reported. A batched ``act`` that fails is asked again one conversation at a
+time, so one bad conversation costs one episode, not the batch.
+
+Everything that can be checked without the model is checked before it loads: arguments, backend, the
+output folder (writable, not a file, space for a record), the plan (splits, data, tasks) and, on
+resume, that the run in the folder used the same data.
 
 The env layer reaches agents only through ``madopd_agents.registry`` imported inside functions: the
 import of this module stays free of the agent layer.
@@ -13,7 +20,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import inspect
+import os
 import subprocess
+import tempfile
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -21,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from madopd_envs.eval.config import ConfigError, Entry, Plan, Unit, plan_entry, with_env_limits
-from madopd_envs.eval.results import EpisodeRecord, EpisodeStore, StepRecord
+from madopd_envs.eval.results import EpisodeRecord, EpisodeStore, OutputError, StepRecord, output_problem
 from madopd_envs.prompts import EpisodeHistory, PromptFormat, extract_action, render_conversation
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -67,18 +78,69 @@ def env_traits(env_id: str) -> tuple[str, bool]:
     return s.card.family, bool(getattr(cls, "open_ended", False))
 
 
+def data_source(env: Any) -> str:
+    """Where an env's tasks come from, in words that change when the data does (compared on resume).
+
+    ALFWorld: official data and its resolved path, or the generated set (generator, alfworld version,
+    seed). WebShop: the catalogue and the digest of its indexed text. Other envs: their engine, whose
+    version is recorded separately.
+    """
+    src = getattr(env, "source", None)
+    if src is not None and hasattr(src, "describe"):
+        if getattr(src, "root", None) is not None:
+            return f"official data at {Path(src.root).resolve()}"
+        if getattr(src, "cache", None) is not None:
+            return f"generated games ({Path(src.cache).parent.name})"
+        return str(src.describe())
+    catalogue = getattr(env, "catalogue", None)
+    if catalogue is not None and hasattr(catalogue, "products"):
+        from madopd_envs.webshop.search import corpus_key
+
+        return f"catalogue {catalogue.source or '?'} (sha256 {corpus_key(catalogue.products)}, {len(catalogue.goals)} goals)"
+    return "the engine's own tasks"
+
+
+def _skipped_note(env: Any, entry: Entry) -> str | None:
+    skipped = getattr(getattr(env, "source", None), "skipped", {}).get(entry.split) or {}
+    if not skipped:
+        return None
+    why = ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items()))
+    return f"{entry.env}/{entry.split}: {sum(skipped.values())} games skipped ({why})"
+
+
 def plan_entries(entries: list[Entry]) -> list[tuple[Entry, Plan]]:
-    """Every entry's units, from the split's task ids (env constructors are cheap: engines start at reset)."""
-    from madopd_envs.registry import make
+    """Every entry's units, from the split's task ids (env constructors are cheap: engines start at reset).
+
+    An unknown split, data that cannot be read, or an entry with nothing to play is a ``ConfigError``.
+    """
+    from madopd_envs.registry import MissingEngineError, UnknownEnvError, make, spec
 
     plans = []
-    for entry in map(with_env_limits, entries):
-        env = make(entry.env, **dict(entry.env_kwargs))
+    for entry in entries:
+        splits = spec(entry.env).card.splits  # unknown ids fail here, with suggestions
+        if splits and entry.split not in splits:
+            raise ConfigError(f"{entry.env} has no split {entry.split!r}; known: {', '.join(splits)}")
+        entry = with_env_limits(entry)
         try:
-            task_ids = list(env.tasks(entry.split))
-        finally:
-            env.close()
-        plans.append((entry, plan_entry(entry, task_ids)))
+            env = make(entry.env, **dict(entry.env_kwargs))
+            try:
+                task_ids = list(env.tasks(entry.split))
+                source, skipped = data_source(env), _skipped_note(env, entry)
+            finally:
+                env.close()
+        except (MissingEngineError, UnknownEnvError, ConfigError):
+            raise
+        except Exception as e:  # missing ALFWORLD_DATA, unreadable data, bad env_kwargs: the user's to fix
+            raise ConfigError(f"{entry.env} split {entry.split!r}: cannot list its tasks: {type(e).__name__}: "
+                              f"{' '.join(str(e).split())}") from e
+        plan = plan_entry(entry, task_ids)
+        plan.source = source
+        if skipped:
+            plan.notes.append(skipped)
+        if not plan.units:
+            raise ConfigError(f"{entry.env} split {entry.split!r} has no tasks to play ({source}"
+                              f"{'; ' + skipped if skipped else ''}): nothing can be evaluated")
+        plans.append((entry, plan))
     return plans
 
 
@@ -94,6 +156,80 @@ class _Episode:
     started: float = field(default_factory=time.perf_counter)
 
 
+class AgentTimeout(RuntimeError):
+    pass
+
+
+def _act(agent: Any, conversations: list[Any], sampling: Any, infos: list[dict[str, Any]],
+         timeout: float | None) -> Any:
+    """``agent.act``, abandoned after ``timeout`` seconds (it runs in a daemon thread, which a hung backend
+    keeps; its late answer is dropped). Without a timeout it runs in this thread."""
+    if not timeout:
+        return agent.act(conversations, sampling, infos=infos)
+    box: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            box["out"] = agent.act(conversations, sampling, infos=infos)
+        except BaseException as e:  # travels to the caller's thread
+            box["exc"] = e
+
+    thread = threading.Thread(target=call, name="agent.act", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise AgentTimeout(f"agent.act gave no answer within --agent-timeout {timeout:g} s")
+    if "exc" in box:
+        raise box["exc"]
+    return box["out"]
+
+
+def _output_problem(out: Any) -> str | None:
+    """Why ``out`` is not a usable ``ActionOutput`` (None when it is)."""
+    if out is None or isinstance(out, str):
+        return f"act returned {type(out).__name__} {str(out)[:40]!r} in place of an ActionOutput"
+    text = getattr(out, "text", None)
+    if not isinstance(text, str):
+        return f"ActionOutput.text is {type(text).__name__}, not str"
+    try:
+        len(getattr(out, "token_ids", None) or [])
+        len(getattr(out, "prompt_token_ids", None) or [])
+    except TypeError:
+        return "ActionOutput.token_ids/prompt_token_ids are not lists"
+    return None
+
+
+def ask_agent(agent: Any, conversations: list[Any], sampling: Any, infos: list[dict[str, Any]],
+              timeout: float | None) -> list[tuple[Any, str | None, str | None]]:
+    """One ``(output, error_kind, error)`` per conversation; a failure never escapes (Ctrl-C does).
+
+    A batch that raises or comes back malformed is asked again one conversation at a time, so only the
+    conversations that fail alone are errored. A timeout errors the whole batch (asking again would
+    cost a timeout per conversation).
+    """
+    n = len(conversations)
+    try:
+        outs = _act(agent, conversations, sampling, infos, timeout)
+        if not isinstance(outs, (list, tuple)) or len(outs) != n:
+            size = f"{len(outs)} outputs" if isinstance(outs, (list, tuple)) else type(outs).__name__
+            problem: tuple[str, str] | None = ("agent output", f"act returned {size} for {n} conversations")
+        else:
+            problem = None
+    except AgentTimeout as e:
+        return [(None, "agent timeout", str(e))] * n
+    except Exception as e:
+        problem = ("agent raised", f"{type(e).__name__}: {' '.join(str(e).split())[:500]}")
+    if problem is not None:
+        if n == 1:
+            return [(None, *problem)]
+        return [ask_agent(agent, [c], sampling, [i], timeout)[0] for c, i in zip(conversations, infos)]
+    results = []
+    for out in outs:
+        why = _output_problem(out)
+        results.append((None, "agent output", why) if why else (out, None, None))
+    return results
+
+
 @dataclass
 class RunStats:
     finished: int = 0
@@ -104,7 +240,8 @@ class RunStats:
 
 def run_entry(agent: Any, *, agent_name: str, needs_expert: bool, sampling: Any, fmt: PromptFormat, entry: Entry,
               units: list[Unit], store: EpisodeStore, num_envs: int, versions: dict[str, str],
-              on_done: Callable[[dict[str, Any]], None], step_timeout: float = 120.0) -> RunStats:
+              on_done: Callable[[dict[str, Any]], None], step_timeout: float = 120.0,
+              agent_timeout: float | None = None, source: str = "") -> RunStats:
     """Play ``units`` (all of one env) with ``agent``; each finished episode is appended to ``store``."""
     from madopd_envs.vector import make_vec
 
@@ -119,7 +256,7 @@ def run_entry(agent: Any, *, agent_name: str, needs_expert: bool, sampling: Any,
     queue: deque[tuple[Unit, int, str | None]] = deque((u, 1, None) for u in units)
     slots: list[_Episode | None] = [None] * n
 
-    def finish(i: int, error: str | None = None) -> None:
+    def finish(i: int, error: str | None = None, kind: str = "env") -> None:
         ep = slots[i]
         slots[i] = None
         if error and ep.attempt == 1:  # retry once, from scratch, before anything is written
@@ -128,6 +265,7 @@ def run_entry(agent: Any, *, agent_name: str, needs_expert: bool, sampling: Any,
             return
         rec = ep.record
         rec.error, rec.attempts, rec.first_error = error, ep.attempt, ep.first_error
+        rec.error_kind = kind if error else None
         rec.seconds = round(time.perf_counter() - ep.started, 3)
         store.append(rec)
         stats.finished += 1
@@ -147,7 +285,8 @@ def run_entry(agent: Any, *, agent_name: str, needs_expert: bool, sampling: Any,
                 for (i, unit, attempt, first_error), o, info in zip(starting, obs, infos):
                     history = EpisodeHistory(family=family, open_ended=open_ended)
                     record = EpisodeRecord(key=unit.key, env=unit.env, split=unit.split, task_id=unit.task_id,
-                                           seed=unit.seed, agent=agent_name, family=family, versions=versions)
+                                           seed=unit.seed, agent=agent_name, family=family, versions=versions,
+                                           source=source)
                     slots[i] = _Episode(unit, attempt, first_error, history, record, info)
                     if info.get("error"):
                         finish(i, f"reset: {info['error']}")
@@ -160,13 +299,16 @@ def run_entry(agent: Any, *, agent_name: str, needs_expert: bool, sampling: Any,
             if not active:
                 continue
             conversations = [render_conversation(slots[i].history, fmt) for i in active]
-            outs = agent.act(conversations, sampling, infos=[{**slots[i].info, "family": family} for i in active])
-            if len(outs) != len(active):
-                raise RuntimeError(f"agent {agent_name} returned {len(outs)} outputs for {len(active)} conversations")
+            answers = ask_agent(agent, conversations, sampling, [{**slots[i].info, "family": family} for i in active],
+                                agent_timeout)
             actions: list[str | None] = [None] * n
             replies: dict[int, tuple[str, bool, Any]] = {}
-            for i, out in zip(active, outs):
-                if out.finish_reason == "scripted":
+            for i, (out, kind, error) in list(zip(active, answers)):
+                if error:
+                    finish(i, f"step {slots[i].record.steps + 1}: {error}", kind=kind)
+                    active.remove(i)
+                    continue
+                if getattr(out, "finish_reason", "stop") == "scripted":
                     action, ok = out.text, True
                 else:
                     action, ok = extract_action(out.text, open_ended=open_ended,
@@ -183,7 +325,7 @@ def run_entry(agent: Any, *, agent_name: str, needs_expert: bool, sampling: Any,
                 rec = ep.record
                 rec.steps += 1
                 rec.prompt_tokens += len(out.prompt_token_ids or [])
-                rec.completion_tokens += len(out.token_ids)
+                rec.completion_tokens += len(out.token_ids or [])
                 rec.invalid_actions += int(not info.get("action_valid", True))
                 rec.invalid_format += int(not ok)
                 rec.won, rec.score, rec.raw_score = bool(info.get("won")), float(info.get("score", 0.0)), \
@@ -192,8 +334,9 @@ def run_entry(agent: Any, *, agent_name: str, needs_expert: bool, sampling: Any,
                 rec.trajectory.append(StepRecord(
                     action=action, observation=obs[i], reward=float(rewards[i]), score=rec.score,
                     valid=bool(info.get("action_valid", True)), format_ok=ok,
-                    reply=None if out.text == action else out.text, completion_tokens=len(out.token_ids)))
-                ep.history.reply(out.text if out.finish_reason != "scripted" else f"<action>{action}</action>", action)
+                    reply=None if out.text == action else out.text, completion_tokens=len(out.token_ids or [])))
+                scripted = getattr(out, "finish_reason", "stop") == "scripted"
+                ep.history.reply(f"<action>{action}</action>" if scripted else out.text, action)
                 ep.info = info
                 if terminated[i] or truncated[i] or rec.steps >= entry.max_steps:
                     rec.terminated, rec.truncated = bool(terminated[i]), not bool(terminated[i])
@@ -208,12 +351,87 @@ class ResumeError(RuntimeError):
     """The output folder holds a different run, or a finished run without ``--resume``."""
 
 
+def check_output(output: Path) -> None:
+    """Fail now, in one line (:class:`OutputError`), when results could not be written under ``output``.
+
+    Checked before any model loads: a file in the way, a read-only filesystem, no permission, a full disk
+    (a small probe file is written and fsynced in the nearest existing folder, then removed).
+    """
+    target = Path(output).absolute()
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == target else f"cannot hold folders: {existing} is a file"
+        raise OutputError(f"--output {output} {where}; choose a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".madopd-write-check-")
+    except OSError as e:
+        raise output_problem(existing, e) from None
+    try:
+        view = memoryview(bytes(64 * 1024))  # about one large episode record
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except OSError as e:
+        raise output_problem(existing, e) from None
+    finally:
+        os.close(fd)
+        os.unlink(probe)
+
+
+def _check_backend_args(card: Any, agent_args: dict[str, Any]) -> None:
+    """Unknown ``--agent-args`` keys fail here instead of being ignored by a backend that takes ``**_``."""
+    from madopd_agents import registry as agents
+
+    try:
+        cls = agents._resolve(card.backend)
+    except ConfigError:
+        raise
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"agent {card.name}: backend {card.backend!r} cannot be loaded: {type(e).__name__}: "
+                          f"{' '.join(str(e).split())}") from e
+    passed = set(agent_args) - agents._CARD_KEYS - agents._SAMPLING_KEYS - agents._PROMPT_KEYS
+    if not passed:
+        return
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is p.VAR_KEYWORD and p.name != "_" for p in params.values()):
+        return  # the backend forwards extra keywords somewhere: it checks them itself
+    known = sorted(k for k, p in params.items() if k not in ("self", "name") and p.kind is not p.VAR_KEYWORD)
+    unknown = sorted(passed - set(known))
+    if unknown:
+        options = sorted(known + list(agents._SAMPLING_KEYS | agents._PROMPT_KEYS | agents._CARD_KEYS))
+        raise ConfigError(f"--agent-args: unknown key(s) {', '.join(unknown)} for agent {card.name} (backend "
+                          f"{card.backend}); known: {', '.join(options)}")
+
+
+def _source_change(before: list[dict[str, Any]], now: list[dict[str, Any]], records: dict[str, dict[str, Any]],
+                   output: Path) -> str | None:
+    """Why the episodes already in ``output`` came from other data than this run would use (None: same)."""
+    current = {(s["env"], s["split"]): s for s in now}
+    for old in before:
+        new = current.get((old.get("env"), old.get("split")))
+        if new is None:
+            continue
+        for what in ("data", "engines"):
+            if old.get(what) != new[what]:
+                return (f"{old['env']} {old['split']}: {what} was {old.get(what)!r}, now {new[what]!r}")
+    for r in records.values():  # the records themselves, for runs whose run.json predates sources
+        new = current.get((r.get("env"), r.get("split")))
+        if new is not None and r.get("source") and r["source"] != new["data"]:
+            return f"{r['env']} {r['split']}: episodes in {output} came from {r['source']!r}, now {new['data']!r}"
+    return None
+
+
 def evaluate(*, agent_name: str, agent_args: dict[str, Any], entries: list[Entry], output: Path,
              leaderboard: str | None = None, num_envs: int = 4, resume: bool = False, progress: bool = True,
-             step_timeout: float = 120.0, command: str = "", log: Callable[[str], None] = print) -> dict[str, Any]:
+             step_timeout: float = 120.0, agent_timeout: float | None = None, retry_errored: bool = False,
+             command: str = "", log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) an eval into ``output``; returns the summary written to ``output/summary.json``.
 
-    The agent is built first, so missing weights fail before any env starts.
+    Everything checkable without the model is checked first (card, backend and its arguments, output
+    folder, plan, resume compatibility), then the agent is built, so missing weights fail before any
+    env starts. ``retry_errored`` (with ``resume``) plays the errored episodes of the run again.
     """
     import json
 
@@ -224,11 +442,13 @@ def evaluate(*, agent_name: str, agent_args: dict[str, Any], entries: list[Entry
     card = get_card(agent_name)
     if agent_args:
         card = card.with_overrides(agent_args)
+    _check_backend_args(card, agent_args)
     try:
         fmt = PromptFormat.from_dict(card.prompt)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"agent {card.name}: bad prompt settings {card.prompt}: {e}") from e
     output = Path(output)
+    check_output(output)
     store = EpisodeStore(output / "episodes.jsonl")
     run_info = {"agent": card.name, "agent_card": card.source, "agent_args": agent_args, "leaderboard": leaderboard,
                 "entries": [{**e.__dict__, "seeds": list(e.seeds), "env_kwargs": dict(e.env_kwargs),
@@ -237,24 +457,45 @@ def evaluate(*, agent_name: str, agent_args: dict[str, Any], entries: list[Entry
     if store.path.exists() and not resume:
         raise ResumeError(f"{output} already holds results; pass --resume to continue that run, or choose "
                           f"another --output")
+    before: dict[str, Any] = {}
     if resume and run_path.exists():
-        before = json.loads(run_path.read_text())
+        try:
+            before = json.loads(run_path.read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise ResumeError(f"{run_path} is not readable JSON ({e}); choose another --output") from None
         mismatch = [k for k in run_info if before.get(k) != run_info[k]]
         if mismatch:
             raise ResumeError(f"{output} holds a run with different {', '.join(mismatch)}; --resume continues the "
                               f"same run only (see {run_path}); choose another --output")
 
+    plans = plan_entries(entries)
+    sources = [{"env": e.env, "split": e.split, "data": p.source, "engines": engine_versions(e.env)} for e, p in plans]
+    done = store.load(repair=True) if resume else {}
+    for dropped in getattr(store, "dropped", []):
+        log(f"note: dropped an unreadable record in {store.path} ({dropped}), cut by an interrupted write; "
+            f"its episode is played again")
+    changed = _source_change(before.get("sources", []), sources, done, output) if resume else None
+    if changed:
+        raise ResumeError(f"{output} holds a run on other data ({changed}); --resume continues the same run "
+                          f"only: restore the data setting (ALFWORLD_DATA, data_path...) or choose another --output")
+
     agent = build_agent(card)
     try:
-        plans = plan_entries(entries)
         for note in (n for _, p in plans for n in p.notes):
             log(f"note: {note}")
-        output.mkdir(parents=True, exist_ok=True)
-        write_json(run_path, {**run_info, "command": command})
-        done = store.load(repair=True)
+        try:
+            output.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise output_problem(output, e) from None
+        write_json(run_path, {**run_info, "sources": sources, "command": command})
         planned = [u for _, p in plans for u in p.units]
         planned_keys = {u.key for u in planned}
         have = {k for k in done if k in planned_keys}
+        if retry_errored:
+            again = {k for k in have if done[k].get("error")}
+            if again:
+                log(f"retrying {len(again)} errored episode(s)")
+            have -= again
         if have:
             log(f"resuming: {len(have)} of {len(planned)} episodes already in {store.path}")
         won0 = sum(1 for k in have if done[k]["won"] and not done[k].get("error"))
@@ -270,15 +511,15 @@ def evaluate(*, agent_name: str, agent_args: dict[str, Any], entries: list[Entry
         harness = harness_version()
         stats = RunStats()
         try:
-            for entry, plan in plans:
+            for (entry, plan), source in zip(plans, sources):
                 todo = [u for u in plan.units if u.key not in have]
-                versions = {"harness": harness, **engine_versions(entry.env)}
+                versions = {"harness": harness, **source["engines"]}
                 if not todo:
                     continue
                 s = run_entry(agent, agent_name=card.name, needs_expert=card.needs_expert,
                               sampling=card.sampling_params, fmt=fmt, entry=entry,
                               units=todo, store=store, num_envs=num_envs, versions=versions, on_done=on_done,
-                              step_timeout=step_timeout)
+                              step_timeout=step_timeout, agent_timeout=agent_timeout, source=plan.source)
                 stats.retried += s.retried
         finally:
             bar.close()

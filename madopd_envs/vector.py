@@ -41,6 +41,7 @@ def _watch_parent(parent_pid: int) -> None:
 def _worker(conn, env_id: str, env_kwargs: dict, parent_pid: int) -> None:
     os.setpgrp()  # own group: a JVM the engine starts is killed with this worker
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked since the spawn: see _spawn
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     from madopd_envs.registry import make
@@ -139,7 +140,14 @@ class TextVectorEnv:
     def _spawn(self) -> _Worker:
         parent, child = _CTX.Pipe()
         p = _CTX.Process(target=_worker, args=(child, self.env_id, self.env_kwargs, os.getpid()), daemon=True)
-        p.start()
+        # Ctrl-C signals the terminal's whole process group: a worker still starting (importing) would print a
+        # KeyboardInterrupt traceback. It inherits SIGINT blocked and unblocks it once ignored (the stdlib
+        # resource tracker starts the same way); the parent's own Ctrl-C waits the few ms of the spawn.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            p.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         child.close()
         return _Worker(p, parent)
 
@@ -280,6 +288,20 @@ class TextVectorEnv:
             self.close()
 
 
-def make_vec(env_id: str, num_envs: int = 1, *, group_size: int = 1, **kwargs: Any) -> TextVectorEnv:
-    """``num_envs`` isolated copies of ``env_id``; see :class:`TextVectorEnv`."""
+BACKENDS = ("process", "ray")
+
+
+def make_vec(env_id: str, num_envs: int = 1, *, group_size: int = 1, backend: str = "process",
+             **kwargs: Any) -> TextVectorEnv:
+    """``num_envs`` isolated copies of ``env_id``; see :class:`TextVectorEnv`.
+
+    ``backend="ray"``: each env is a Ray actor (:class:`madopd_envs.vector_ray.RayVectorEnv`, which also
+    takes ``ray_address`` and ``cpus_per_env``), with the same semantics as the local processes.
+    """
+    if backend == "ray":
+        from madopd_envs.vector_ray import RayVectorEnv
+
+        return RayVectorEnv(env_id, num_envs, group_size=group_size, **kwargs)
+    if backend != "process":
+        raise ValueError(f"unknown env backend {backend!r}; known: {', '.join(BACKENDS)}")
     return TextVectorEnv(env_id, num_envs, group_size=group_size, **kwargs)

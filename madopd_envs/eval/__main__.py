@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agent-timeout", type=float, default=1800.0,
                    help="seconds one batched agent.act may take before its episodes count as errored (0: no limit)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--backend", choices=("process", "ray"), default="process",
+                   help="env workers: local processes, or Ray actors (needs the `ray` extra)")
+    p.add_argument("--ray-address", help="with --backend ray: a running cluster's head (host:port); "
+                                         "default: a local cluster started for this run")
     return p
 
 
@@ -94,8 +98,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.step_timeout <= 0 or args.agent_timeout < 0:
         print("error: --step-timeout must be > 0 and --agent-timeout >= 0 (0: no limit)", file=sys.stderr)
         return 2
+    from madopd_envs.vector_ray import RayBackendError, import_ray
+
+    vec_options = {"backend": args.backend}
+    if args.backend == "ray":
+        vec_options["ray_address"] = args.ray_address
+    elif args.ray_address:
+        print("error: --ray-address needs --backend ray", file=sys.stderr)
+        return 2
     summaries = []
     try:
+        if args.backend == "ray":
+            import_ray()  # a missing extra fails here, before any model loads
         try:
             agent_args = parse_agent_args(args.agent_args)
         except ValueError:
@@ -115,14 +129,15 @@ def main(argv: list[str] | None = None) -> int:
                                leaderboard=board, num_envs=args.num_envs, resume=args.resume or args.retry_errored,
                                retry_errored=args.retry_errored, progress=not args.no_progress,
                                step_timeout=args.step_timeout, agent_timeout=args.agent_timeout or None,
-                               command=command, log=lambda m: print(m, file=sys.stderr))
+                               command=command, log=lambda m: print(m, file=sys.stderr), vec_options=vec_options)
             summaries.append(summary)
             print(f"\n## {summary['agent']}" + (f" on {board}" if board else "") + f"  ({output})\n")
             print(summary_table(summary))
     except KeyboardInterrupt:
         print("\ninterrupted: finished episodes are saved; rerun the same command with --resume", file=sys.stderr)
         return 130
-    except (ModelUnavailableError, ConfigError, ResumeError, UnknownEnvError, MissingEngineError, OutputError) as e:
+    except (ModelUnavailableError, ConfigError, ResumeError, UnknownEnvError, MissingEngineError, OutputError,
+            RayBackendError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     if len(summaries) > 1:

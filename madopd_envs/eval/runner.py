@@ -241,8 +241,12 @@ class RunStats:
 def run_entry(agent: Any, *, agent_name: str, needs_expert: bool, sampling: Any, fmt: PromptFormat, entry: Entry,
               units: list[Unit], store: EpisodeStore, num_envs: int, versions: dict[str, str],
               on_done: Callable[[dict[str, Any]], None], step_timeout: float = 120.0,
-              agent_timeout: float | None = None, source: str = "") -> RunStats:
-    """Play ``units`` (all of one env) with ``agent``; each finished episode is appended to ``store``."""
+              agent_timeout: float | None = None, source: str = "",
+              vec_options: dict[str, Any] | None = None) -> RunStats:
+    """Play ``units`` (all of one env) with ``agent``; each finished episode is appended to ``store``.
+
+    ``vec_options``: the worker backend and its settings for ``make_vec`` (``backend="ray"``, ``ray_address``).
+    """
     from madopd_envs.vector import make_vec
 
     stats = RunStats()
@@ -273,7 +277,7 @@ def run_entry(agent: Any, *, agent_name: str, needs_expert: bool, sampling: Any,
         stats.errored += int(bool(error))
         on_done({"won": rec.won, "error": error})
 
-    with make_vec(entry.env, n, step_timeout=step_timeout, **env_kwargs) as vec:
+    with make_vec(entry.env, n, step_timeout=step_timeout, **dict(vec_options or {}), **env_kwargs) as vec:
         while queue or any(s is not None for s in slots):
             starting = []
             for i in range(n):
@@ -426,7 +430,8 @@ def _source_change(before: list[dict[str, Any]], now: list[dict[str, Any]], reco
 def evaluate(*, agent_name: str, agent_args: dict[str, Any], entries: list[Entry], output: Path,
              leaderboard: str | None = None, num_envs: int = 4, resume: bool = False, progress: bool = True,
              step_timeout: float = 120.0, agent_timeout: float | None = None, retry_errored: bool = False,
-             command: str = "", log: Callable[[str], None] = print) -> dict[str, Any]:
+             command: str = "", log: Callable[[str], None] = print,
+             vec_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run (or resume) an eval into ``output``; returns the summary written to ``output/summary.json``.
 
     Everything checkable without the model is checked first (card, backend and its arguments, output
@@ -519,7 +524,8 @@ def evaluate(*, agent_name: str, agent_args: dict[str, Any], entries: list[Entry
                 s = run_entry(agent, agent_name=card.name, needs_expert=card.needs_expert,
                               sampling=card.sampling_params, fmt=fmt, entry=entry,
                               units=todo, store=store, num_envs=num_envs, versions=versions, on_done=on_done,
-                              step_timeout=step_timeout, agent_timeout=agent_timeout, source=plan.source)
+                              step_timeout=step_timeout, agent_timeout=agent_timeout, source=plan.source,
+                              vec_options=vec_options)
                 stats.retried += s.retried
         finally:
             bar.close()

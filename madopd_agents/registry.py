@@ -1,7 +1,7 @@
 """Agent cards: a name -> backend + model + sampling + prompt format, from YAML files.
 
 Cards live in ``leaderboards/conf/agent/<name>.yaml`` (any config root, see
-``madopd_envs.eval.config.conf_dirs``); adding an agent is adding a YAML file::
+``madopd_envs.conf.conf_dirs``); adding an agent is adding a YAML file::
 
     name: my_agent            # defaults to the file name
     backend: hf               # hf | vllm | openai | expert | random | "package.module:Class"
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from madopd_agents.base import SamplingParams
-from madopd_envs.eval.config import ConfigError
+from madopd_envs.conf import ConfigError, list_configs, load_yaml
 
 BACKENDS: dict[str, str] = {
     "hf": "madopd_agents.hf:HFAgent",
@@ -121,16 +121,12 @@ def parse_agent_args(text: str | None) -> dict[str, Any]:
 
 
 def agent_names() -> list[str]:
-    from madopd_envs.eval.config import list_configs
-
     return sorted(list_configs("agent"))
 
 
 def get_card(name: str) -> AgentCard:
     """The card ``name`` from ``agent/<name>.yaml``; unknown names fail with close matches."""
     import difflib
-
-    from madopd_envs.eval.config import list_configs, load_yaml
 
     configs = list_configs("agent")
     if name not in configs:

@@ -120,11 +120,6 @@ class OfficialData:
                 json.loads((game_dir / "traj_data.json").read_text()))
 
 
-def cache_root() -> Path:
-    base = os.environ.get("MADOPD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "madopd")
-    return Path(base) / "alfworld"
-
-
 _ID_RE = re.compile(r"^(?P<split>[a-z_]+)/(?P<dir>[^/]+)/trial_G(?P<seed>\d+)_(?P<index>\d+)$")
 
 
@@ -134,18 +129,16 @@ class GeneratedData:
     Args:
         seed: generation seed; the shipped sets are seed 0 (other seeds generate on demand).
         num_train: train games listed by ``tasks("train")``.
-        cache_dir: where games generated on demand go (default ``cache_root()``).
+        cache_dir: where games generated on demand go (default ``generate.cache_root()``).
     """
 
     def __init__(self, seed: int = DEFAULT_SEED, num_train: int = DEFAULT_NUM_TRAIN, cache_dir: Path | None = None):
-        from madopd_envs.alfworld.engine import alfworld_version
-        from madopd_envs.alfworld.generate import GENERATOR_VERSION
+        from madopd_envs.alfworld.generate import generated_cache
 
         if num_train < 1:
             raise ValueError(f"num_train must be >= 1, got {num_train}")
         self.seed, self.num_train = int(seed), int(num_train)
-        base = cache_dir or cache_root()
-        self.cache = Path(base) / f"gen{GENERATOR_VERSION}-alfworld{alfworld_version()}-seed{self.seed}" / "json_2.1.1"
+        self.cache = generated_cache(self.seed, cache_dir)
         self._ids: dict[str, list[str]] = {}
         self._bundle: dict[str, dict[str, Any]] = {}
         self._bundle_read: set[str] = set()

@@ -43,6 +43,17 @@ class GenerationError(RuntimeError):
     pass
 
 
+def cache_root() -> Path:
+    """Where games generated on demand are cached: ``$MADOPD_CACHE/alfworld`` (default ``~/.cache/madopd``)."""
+    base = os.environ.get("MADOPD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "madopd")
+    return Path(base) / "alfworld"
+
+
+def generated_cache(seed: int, base: Path | None = None) -> Path:
+    """The ``json_2.1.1`` root of cached games of ``seed`` (the generator and alfworld versions name it)."""
+    return Path(base or cache_root()) / f"gen{GENERATOR_VERSION}-alfworld{alfworld_version()}-seed{seed}" / "json_2.1.1"
+
+
 def solve_with_expert(game: dict[str, Any], traj: dict[str, Any], *, seed: int,
                       step_limit: int = EXPERT_STEP_LIMIT, time_limit_s: float = GAME_TIME_LIMIT_S) -> list[str] | None:
     """Play ``game`` with the handcoded expert; the command list if it wins, else ``None``."""
@@ -198,9 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     json_root = args.out / "json_2.1.1" if args.out else None
     if args.cache or args.bundle:
         # A bundle is packed from the cache, so an interrupted run resumes instead of starting over.
-        from madopd_envs.alfworld.data import GeneratedData
-
-        json_root = GeneratedData(seed=args.seed).cache
+        json_root = generated_cache(args.seed)
     t0 = time.monotonic()
     try:
         records = generate(args.split, indices, args.seed, workers=args.workers, json_root=json_root, progress=True)

@@ -143,8 +143,10 @@ def register(
                                 f"register under your own namespace or a new version (-v<N+1>)")
     _REGISTRY[id] = spec
     gymnasium.envs.registration.registry.pop(id, None)  # a replacement is deliberate: no override warning
-    # gymnasium.make goes through our make so the engine check and max_episode_steps apply.
-    gymnasium.register(id, entry_point=_gymnasium_entry_point(id), disable_env_checker=True)
+    # gymnasium.make goes through our make so the engine check and max_episode_steps apply; the limit is
+    # also given to gymnasium so that `env.spec.max_episode_steps` reports it (its TimeLimit agrees with ours).
+    gymnasium.register(id, entry_point=_gymnasium_entry_point(id), max_episode_steps=max_episode_steps,
+                       disable_env_checker=True)
     return spec
 
 
@@ -309,3 +311,7 @@ def _one_line(e: BaseException) -> str:
     message = " ".join(str(e).split())
     return f"{type(e).__name__}: {message}{where}" if message else f"{type(e).__name__}{where}"
 
+
+# `import gymnasium, madopd_envs; gymnasium.make("madopd/...")` must work with no registry call first: the
+# built-ins register here (cheap: no engine and no plugin is imported).
+_load_builtin()

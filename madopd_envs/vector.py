@@ -41,7 +41,6 @@ def _watch_parent(parent_pid: int) -> None:
 def _worker(conn, env_id: str, env_kwargs: dict, parent_pid: int) -> None:
     os.setpgrp()  # own group: a JVM the engine starts is killed with this worker
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked since the spawn: see _spawn
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     from madopd_envs.registry import make
@@ -76,6 +75,26 @@ def _worker(conn, env_id: str, env_kwargs: dict, parent_pid: int) -> None:
         if env is not None:
             env.close()
         conn.close()
+
+
+def _start_ignoring_sigint(process: Any) -> None:
+    """Start ``process`` with SIGINT ignored from its first instruction.
+
+    Ctrl-C signals the terminal's whole process group: a worker still starting (importing) would print a
+    KeyboardInterrupt traceback. An ignored signal stays ignored across exec, and Python then installs no
+    handler. The parent blocks SIGINT meanwhile (a blocked signal stays pending on Linux even while
+    ignored), so its own Ctrl-C is delivered as soon as its handler is back.
+    """
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        process.start()
+        return
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        process.start()
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 @dataclass
@@ -140,14 +159,7 @@ class TextVectorEnv:
     def _spawn(self) -> _Worker:
         parent, child = _CTX.Pipe()
         p = _CTX.Process(target=_worker, args=(child, self.env_id, self.env_kwargs, os.getpid()), daemon=True)
-        # Ctrl-C signals the terminal's whole process group: a worker still starting (importing) would print a
-        # KeyboardInterrupt traceback. It inherits SIGINT blocked and unblocks it once ignored (the stdlib
-        # resource tracker starts the same way); the parent's own Ctrl-C waits the few ms of the spawn.
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
-            p.start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        _start_ignoring_sigint(p)
         child.close()
         return _Worker(p, parent)
 

@@ -158,8 +158,9 @@ def _pad(requests: Sequence[ScoreRequest], pad_id: int) -> tuple[torch.Tensor, t
 
 
 def causal_lm_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor,
-                     cols: torch.Tensor) -> torch.Tensor:
-    """Next-token logits ``[N, V]`` of a causal LM predicting ``input_ids[rows, cols]``.
+                     cols: torch.Tensor, return_hidden: bool = False) -> Any:
+    """Next-token logits ``[N, V]`` of a causal LM predicting ``input_ids[rows, cols]``
+    (with ``return_hidden``: ``(logits, hidden)``, ``hidden`` the ``[N, H]`` last hidden state there).
 
     Only the needed positions are projected to the vocabulary (``logits_to_keep`` with the union of
     ``cols - 1``), so no ``[B, L, V]`` tensor exists for prompt/observation positions (at a 152k
@@ -168,13 +169,17 @@ def causal_lm_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.
     """
     device = input_ids.device
     keep, where = torch.unique(cols - 1, sorted=True, return_inverse=True)
+    extra = {"output_hidden_states": True} if return_hidden else {}
     try:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep.to(device),
-                       use_cache=False).logits
-        return logits[rows.to(device), where.to(device)]
+        out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep.to(device),
+                    use_cache=False, **extra)
+        logits = out.logits[rows.to(device), where.to(device)]
     except TypeError:  # an architecture without logits_to_keep
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-        return logits[rows.to(device), (cols - 1).to(device)]
+        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra)
+        logits = out.logits[rows.to(device), (cols - 1).to(device)]
+    if not return_hidden:
+        return logits
+    return logits, out.hidden_states[-1][rows.to(device), (cols - 1).to(device)]
 
 
 def _rows(requests: Sequence[ScoreRequest]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -50,7 +50,9 @@ def _from_dict(cls: type, values: dict[str, Any] | None, what: str) -> Any:
 @dataclass
 class TeacherSpec:
     """One teacher. ``backend``: ``hf`` (local folder / ``zoo:`` name in ``path``), ``vllm`` (``path``),
-    ``openai`` (``base_url`` + ``model``). ``top_k``: default k for sparse backends."""
+    ``openai`` (``base_url`` + ``model``). ``top_k``: default k for sparse backends. ``text_only``
+    (openai only): a chat endpoint that gives text, no log-probs -- it writes (OmniOPD's continuations,
+    debates) but never scores, so it is not among the method's scoring ``teachers``."""
 
     name: str = "teacher"
     backend: str = "hf"
@@ -59,8 +61,11 @@ class TeacherSpec:
     model: str | None = None
     top_k: int = 20
     batch_size: int = 8
+    text_only: bool = False
 
     def __post_init__(self) -> None:
+        if self.text_only and self.backend != "openai":
+            raise ValueError(f"teacher {self.name}: text_only applies to the openai backend only")
         if self.backend not in ("hf", "vllm", "openai"):
             raise ValueError(f"teacher {self.name}: backend must be hf, vllm or openai, got {self.backend!r}")
         if self.backend in ("hf", "vllm") and not self.path:
@@ -222,20 +227,30 @@ def build_teachers(specs: Sequence[TeacherSpec], student_tokenizer: Any, dtype: 
         elif s.backend == "vllm":
             teachers[s.name] = VLLMTeacher(s.path, student_tokenizer=student_tokenizer, name=s.name, top_k=s.top_k)
         else:
-            teachers[s.name] = OpenAITeacher(s.base_url, s.model, student_tokenizer=student_tokenizer, name=s.name,
-                                             top_k=s.top_k)
+            from madopd_agents.openai import OpenAIAgent
+
+            if s.name in agents:
+                raise ValueError(f"two teachers are named {s.name!r}")
+            if not s.text_only:
+                teachers[s.name] = OpenAITeacher(s.base_url, s.model, student_tokenizer=student_tokenizer,
+                                                 name=s.name, top_k=s.top_k)
+            agents[s.name] = OpenAIAgent(s.base_url, s.model, name=s.name, token_ids=not s.text_only)
     return teachers, agents
 
 
-def student_forward(model: Any, batch: StepBatch, temperature: float = 1.0) -> StudentOutput:
-    """The student's logits at the batch's rows and its log-prob of each target (with grad)."""
+def student_forward(model: Any, batch: StepBatch, temperature: float = 1.0, hidden: bool = False) -> StudentOutput:
+    """The student's logits at the batch's rows and its log-prob of each target (with grad); with
+    ``hidden``, also its last hidden state there (``StudentOutput.hidden``)."""
     device = next(model.parameters()).device
+    h = None
     logits = causal_lm_logits(model, batch.input_ids.to(device), batch.attention_mask.to(device), batch.rows,
-                              batch.cols)
+                              batch.cols, return_hidden=hidden)
+    if hidden:
+        logits, h = logits
     z = logits.float() / temperature
     # gather - logsumexp: no [N, V] log_softmax is kept for the backward pass
     token_lp = z.gather(-1, batch.targets.to(device)[:, None]).squeeze(-1) - torch.logsumexp(z, -1)
-    return StudentOutput(logits=logits, token_logprobs=token_lp)
+    return StudentOutput(logits=logits, token_logprobs=token_lp, hidden=h)
 
 
 # -- logging and checkpoints -----------------------------------------------------------------------
@@ -448,7 +463,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     prompt = RolloutPrompt.for_env(cfg.env, **cfg.prompt)
     method: Method = build_method(cfg.method, cfg.method_args, MethodContext(
         teachers=teachers, teacher_agents=teacher_agents, tokenizer=tokenizer, prompt=prompt,
-        total_steps=cfg.steps, seed=cfg.seed))
+        total_steps=cfg.steps, seed=cfg.seed, student=model))
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                                   weight_decay=cfg.optim.weight_decay)
@@ -524,7 +539,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 ts = time.perf_counter()
                 scores = method.score(batch, step)
                 t_teacher += time.perf_counter() - ts
-                student = student_forward(model, batch, method.cfg.temperature)
+                student = student_forward(model, batch, method.cfg.temperature, hidden=method.needs_student_hidden)
                 weights = method.token_weights(batch, scores, step).to(student.logits.device)
                 out: LossOutput = method.loss(student, scores, weights, batch, step)
                 if out.loss.requires_grad:  # a micro-batch whose weights are all zero has nothing to learn

@@ -128,6 +128,8 @@ class MethodContext:
         prompt: the prompt format the rollouts use.
         total_steps: planned optimizer steps (for schedules).
         seed: the run's seed.
+        student: the student model being trained (read-only use: e.g. OmniOPD's no-grad entropy pass);
+            ``None`` where the caller has none.
     """
 
     teachers: dict[str, Teacher]
@@ -136,6 +138,7 @@ class MethodContext:
     prompt: RolloutPrompt | None = None
     total_steps: int = 1
     seed: int = 0
+    student: Any = None
 
     @property
     def teacher(self) -> Teacher:
@@ -151,10 +154,13 @@ class StudentOutput:
     Attributes:
         logits: ``[N, V]`` next-token logits at the rows (not divided by the temperature), with grad.
         token_logprobs: ``[N]`` log p_S(target) at ``temperature``, with grad.
+        hidden: ``[N, H]`` the student's last hidden state at the rows (the position that predicts
+            each target), only when the method sets ``needs_student_hidden`` (FusionRoute's head).
     """
 
     logits: torch.Tensor
     token_logprobs: torch.Tensor
+    hidden: torch.Tensor | None = None
 
 
 @dataclass
@@ -223,12 +229,14 @@ class Method:
         Config: the config dataclass (a :class:`MethodConfig` subclass).
         needs_expert: rollouts need ``info["expert_action"]`` (envs made with ``expert=True``).
         needs_teacher_agents: the method makes teachers write text (debate, teacher turns).
+        needs_student_hidden: the loop's student forward also returns the last hidden state.
     """
 
     name: ClassVar[str] = "opd"
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     needs_expert: ClassVar[bool] = False
     needs_teacher_agents: ClassVar[bool] = False
+    needs_student_hidden: ClassVar[bool] = False
 
     def __init__(self, cfg: MethodConfig, ctx: MethodContext):
         if not isinstance(cfg, self.Config):

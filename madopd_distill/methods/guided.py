@@ -1,8 +1,7 @@
 """Guided-OPD: the teacher writes some turns of the student's rollouts, less and less over training.
 
 Paper: "On-Policy Distillation with Curriculum Turn-level Guidance for Multi-turn Agents"
-(Guided-OPD, arXiv 2606.15912). No public code; only the abstract is known
-(../shared/reference/anchors-research.md §A.3).
+(Guided-OPD, arXiv 2606.15912). No public code; only the abstract is read.
 
 Relative to vanilla OPD:
   1. each turn of a training rollout is written by the teacher with probability ``p(step)``;
@@ -10,12 +9,16 @@ Relative to vanilla OPD:
   3. teacher-written turns stay in the context but are masked out of the loss; evaluation is always
      the pure student (the trainer's eval never uses a plan).
 
-Open details, chosen here (options): the decision is an independent coin per turn (not per
-episode); the default schedule is linear from ``p_start=0.5`` to 0 at ``decay_steps`` (``None``:
-the run's total steps); the exponential schedule is ``p_start * gamma**step`` cut to 0 below
-``floor``. Coins are seeded by (run seed, step, episode, turn), so a run is reproducible.
+Provenance of each choice:
+- teacher-written turns during training, a curriculum that removes the guidance: paper text
+  (abstract);
+- an independent coin per turn (not per episode), coins seeded by (run seed, step, episode, turn):
+  ours;
+- the default schedule, linear from ``p_start=0.5`` to 0 at ``decay_steps`` (``None``: the run's
+  total steps), and the cosine / exponential alternatives (``p_start * gamma**step``, 0 below
+  ``floor``): ours;
+- teacher turns masked from the loss: ours (OPD trains only on student-sampled tokens).
 """
-
 from __future__ import annotations
 
 import random

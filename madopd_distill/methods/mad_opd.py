@@ -1,8 +1,7 @@
 """MAD-OPD: teachers debate over the student's on-policy state; confidence-weighted distillation.
 
 Paper: "MAD-OPD: Multi-Agent Debate driven On-Policy Distillation" (arXiv 2605.01347); code
-chiefovoavicii/MAD-OPD @6c7a66a (``vllm_teacher_manager.batch_blind_mad_debate_and_force_decode``,
-``mad_opd_core.compute_mad_distillation_loss``), read for semantics only.
+chiefovoavicii/MAD-OPD@6c7a66a, read for semantics only, not copied.
 
 Relative to vanilla OPD:
   1. per student turn, K >= 2 teachers debate for R rounds over the student's state (round 1 blind);
@@ -11,13 +10,29 @@ Relative to vanilla OPD:
      averaged over its own valid rows, ``w = softmax(c / 100 / tau)`` from ``<<CONFIDENCE=N>>`` tags;
   3. the divergence adapts to the task: JSD beta=0.5 for agentic envs, reverse KL for code envs.
 
-Choices where the paper is open (options): the debate instructions are appended to the state's last
-user message (``placement``); the paper's code runs K=2, this runs any K >= 2 (names Expert A, B,
-C...); a teacher whose privileged context exceeds ``max_teacher_tokens`` is dropped for that turn
-and the others' weights renormalised (the code's "teacher failed -> other teacher gets all weight").
-Debate prompts live in :mod:`madopd_distill.methods.debate`.
-"""
+Provenance of each choice (paper code paths are in chiefovoavicii/MAD-OPD@6c7a66a):
+- blind round 1, then revisions on the transcript: ``mad_opd/trainers/mad_opd_trainer.py:1180-1198``;
+- ``w = softmax(c / 100 / tau)``, ``tau = 1``: ``mad_opd/trainers/mad_opd_core.py:31-38``; uniform
+  weights when a tag is missing: ours (the code's parse fallback is not in the files read);
+- ``rounds=2``, dynamic weights on: ``scripts/run_mad_opd.sh:57``;
+- debate sampling 0.7 / 0.8: ``scripts/run_mad_opd.sh:58``;
+- JSD beta=0.5 on agentic tasks, reverse KL on code: ``scripts/run_mad_opd.sh:55`` and
+  ``mad_opd/trainers/mad_opd_core.py:16-17``;
+- each teacher averaged over its own rows; a failed teacher's weight goes to the other:
+  ``mad_opd/trainers/mad_opd_core.py:348-386``;
+- the loop filter (inherited from MT-OPD): ``mad_opd/trainers/mad_opd_trainer.py:1172,1270-1330``;
+- ``history=expert`` (debate over OPAD's teacher-forced per-turn states, the paper's agentic run):
+  ``mad_opd/_mad_opd_args.py:70``; the default ``history=student`` is ours;
+- per-sample reduction (mean over samples of each sample's token mean): ``scripts/run_mad_opd.sh:63``
+  (one sample per device batch) with ``mad_opd/trainers/mad_opd_trainer.py:744``; the default here
+  is ``token_mean`` (ours) and ``method=mad_opd_paper`` sets ``sample_mean``;
+- debate instructions appended to the state's last user message (``placement``); any K >= 2 (the
+  code runs K=2; names Expert A, B, C...); dropping a teacher whose privileged context exceeds
+  ``max_teacher_tokens``: ours.
 
+Debate prompts live in :mod:`madopd_distill.methods.debate`. The published configuration:
+``method=mad_opd_paper`` (``leaderboards/conf/distill/method/mad_opd_paper.yaml``).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -59,6 +74,8 @@ class MADOPDConfig(MTOPDConfig):
         debate_temperature / debate_top_p: debate sampling (the paper: 0.7 / 0.8).
         max_teacher_tokens: drop a teacher for a turn when its privileged context is longer
             (``None``: never).
+        history: whose states are debated (MT-OPD's field): ``student`` or ``expert`` (OPAD's
+            teacher-forced per-turn states, the paper's agentic configuration).
         teacher_weights: unused: each turn's debate sets the weights.
     """
 
@@ -125,7 +142,7 @@ class MADOPD(MTOPD):
 
     # -- samples: one per student turn, with each teacher's privileged sequence -----------------
     def make_samples(self, trajectories: Sequence[Trajectory], step: int) -> list[Sample]:
-        samples = to_samples(trajectories, "turn")
+        samples = self.drop_loops(to_samples(trajectories, "turn"), trajectories)
         states = []
         for s in samples:
             turn = trajectories[s.traj_index].turns[s.turn_indices[0]]
@@ -184,7 +201,7 @@ class MADOPD(MTOPD):
         return per_sample.T[:, batch.rows] & super().teacher_valid(batch, scores)
 
     def log_metrics(self, trajectories: Sequence[Trajectory], step: int) -> dict[str, float]:
-        return {**self._last, "mad/divergence_beta": self.beta}
+        return {**self._last, **self._loops, "mad/divergence_beta": self.beta}
 
 
 def _match_agents(ctx: MethodContext) -> list[Any]:

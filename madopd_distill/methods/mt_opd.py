@@ -1,17 +1,28 @@
 """MT-OPD: on-policy distillation from several teachers, their supervision averaged.
 
-Paper: the multi-teacher OPD baseline of MAD-OPD (arXiv 2605.01347, Table: "MT-OPD"; code
-chiefovoavicii/MAD-OPD ``scripts/run_mt_opd.sh`` / ``multi_teacher_jsd_loss``, read for semantics).
+Paper: the multi-teacher OPD baseline of MAD-OPD (arXiv 2605.01347, "MT-OPD" rows); code
+chiefovoavicii/MAD-OPD@6c7a66a, read for semantics only, not copied.
 
 Relative to vanilla OPD:
   1. every teacher in the config scores the student's tokens (one ``TokenScores`` each);
   2. the loss is ``sum_k w_k D(student || teacher_k)`` with fixed weights (uniform by default);
   3. each teacher's divergence is averaged over the rows *it* scored (its own valid length).
 
+Provenance of each choice:
+- fixed weights, uniform by default: paper code ``scripts/run_mt_opd.sh:48`` (``--teacher_weights
+  0.5 0.5``) and ``mad_opd/trainers/mad_opd_trainer.py:1211``;
+- each teacher averaged over its own valid rows: paper code ``mad_opd/trainers/mad_opd_core.py:381-386``
+  (per-teacher alignment against the "shortest-teacher-wins" collapse);
+- the loop filter (drop a student reply whose word 3-gram repetition ratio exceeds 0.6 before the
+  teachers see it; on by default): paper code ``mad_opd/trainers/mad_opd_trainer.py:1072,1172,1270-1330``;
+- ``history=expert`` (OPAD's teacher-forced per-turn states): paper code
+  ``mad_opd/_mad_opd_args.py:70``; the default ``student`` is ours;
+- K >= 2 teachers (the code has exactly two), ``token_mean``, trajectory samples: ours (defaults);
+  the published configuration is ``method=mt_opd_paper``.
+
 The weighting helpers here (:func:`teacher_row_coefficients`, :func:`mix_teachers`) are shared by
 MAD-OPD (per-sample debate weights) and token routing.
 """
-
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,6 +33,8 @@ import torch
 from madopd_distill.batch import StepBatch
 from madopd_distill.methods.base import (LossOutput, Method, MethodConfig, StudentOutput, reduce_rows,
                                          row_divergence, sampled_kl)
+from madopd_distill.methods.opad import HISTORIES, expert_forced_collect
+from madopd_distill.rollout import Episode, RolloutCollector, Sample, Trajectory, to_samples
 from madopd_distill.teachers import TokenScores
 
 
@@ -58,6 +71,28 @@ def teacher_row_coefficients(row_sample: torch.Tensor, valid: torch.Tensor, samp
     return per_sample[:, row_sample] * valid.float()
 
 
+def repetition_ratio(text: str, ngram: int = 3) -> float:
+    """``1 - unique / total`` word ``ngram``s of ``text`` (lower-cased, split on whitespace); 0 when
+    it has fewer than ``ngram`` words. The looping-reply statistic of the MAD-OPD code
+    (``mad_opd/trainers/mad_opd_trainer.py:1270-1330``, ``_filter_repetitive_responses``)."""
+    words = (text or "").lower().split()
+    grams = list(zip(*[words[j:] for j in range(ngram)]))
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def drop_looping(samples: Sequence[Sample], trajectories: Sequence[Trajectory], ngram: int,
+                 max_ratio: float) -> list[Sample]:
+    """The samples whose student text (the sample's student turns, joined) repeats at most
+    ``max_ratio`` of its word n-grams; the others are dropped before any teacher sees them."""
+    kept = []
+    for s in samples:
+        turns = trajectories[s.traj_index].turns
+        text = "\n".join(turns[i].text for i in s.turn_indices if turns[i].role == "student")
+        if repetition_ratio(text, ngram) <= max_ratio:
+            kept.append(s)
+    return kept
+
+
 def mix_teachers(per_teacher: Sequence[torch.Tensor], coefficients: torch.Tensor) -> torch.Tensor:
     """``[N]`` = ``sum_k coefficients[k] * per_teacher[k]`` (rows a teacher did not score are ignored,
     even if its loss there is NaN)."""
@@ -75,12 +110,33 @@ class MTOPDConfig(MethodConfig):
     Attributes:
         teacher_weights: one non-negative weight per teacher, in config order (renormalised);
             ``None``: uniform.
+        loop_filter: drop a sample whose student reply loops (word n-gram repetition ratio above
+            ``loop_max_ratio``) before the teachers score it, as the MAD-OPD code does for MT-OPD and
+            MAD-OPD alike.
+        loop_ngram: n of the word n-grams (the code: 3).
+        loop_max_ratio: the largest repetition ratio kept, in [0, 1] (the code: 0.6).
+        history: ``student`` (the student's own episodes) or ``expert`` (OPAD's teacher-forced
+            per-turn states, see ``opad.py``: the env's expert plays, the student writes one turn per
+            sub-episode; the env must offer ``info["expert_action"]``).
+        max_turns: ``history=expert``: turn positions (sub-episodes) per episode.
     """
 
     teacher_weights: list[float] | None = None
+    loop_filter: bool = True
+    loop_ngram: int = 3
+    loop_max_ratio: float = 0.6
+    history: str = "student"
+    max_turns: int = 8
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.loop_ngram < 1 or not 0.0 <= self.loop_max_ratio <= 1.0:
+            raise ValueError(f"loop_ngram must be >= 1 and loop_max_ratio in [0, 1], got {self.loop_ngram}, "
+                             f"{self.loop_max_ratio}")
+        if self.history not in HISTORIES:
+            raise ValueError(f"history must be one of {HISTORIES}, got {self.history!r}")
+        if self.max_turns < 1:
+            raise ValueError(f"max_turns must be >= 1, got {self.max_turns}")
         if self.teacher_weights is not None:
             self.teacher_weights = [float(w) for w in self.teacher_weights]
             if not self.teacher_weights or any(w < 0 for w in self.teacher_weights) or sum(self.teacher_weights) <= 0:
@@ -102,6 +158,29 @@ class MTOPD(Method):
         w = torch.tensor(cfg.teacher_weights if cfg.teacher_weights is not None else [1.0] * k)
         self.weights = w / w.sum()
         self.kind, self.beta = cfg.divergence, cfg.beta  # MAD-OPD resolves these per env family
+        self._loops: dict[str, float] = {}
+        self.needs_expert = cfg.history == "expert"  # instance override: the trainer reads it after construction
+
+    def collect(self, collector: RolloutCollector, episodes: Sequence[Episode], step: int) -> list[Trajectory]:
+        """The student's own episodes, or OPAD's teacher-forced per-turn states (``history=expert``)."""
+        if self.cfg.history == "expert":
+            return expert_forced_collect(collector, episodes, self.cfg.max_turns)
+        return super().collect(collector, episodes, step)
+
+    def drop_loops(self, samples: list[Sample], trajectories: Sequence[Trajectory]) -> list[Sample]:
+        """Apply the loop filter (when on); logs ``loop/dropped``."""
+        if not self.cfg.loop_filter:
+            return samples
+        kept = drop_looping(samples, trajectories, self.cfg.loop_ngram, self.cfg.loop_max_ratio)
+        self._loops = {"loop/dropped": float(len(samples) - len(kept)),
+                       "loop/dropped_frac": (len(samples) - len(kept)) / max(len(samples), 1)}
+        return kept
+
+    def make_samples(self, trajectories: Sequence[Trajectory], step: int) -> list[Sample]:
+        return self.drop_loops(to_samples(trajectories, self.cfg.sample_mode), trajectories)
+
+    def log_metrics(self, trajectories: Sequence[Trajectory], step: int) -> dict[str, float]:
+        return dict(self._loops)
 
     def score(self, batch: StepBatch, step: int) -> list[TokenScores]:
         requests = batch.teacher_requests()

@@ -1,22 +1,32 @@
 """OmniOPD: logit-free OPD -- a black-box teacher's Monte-Carlo continuations judge the student's chunks.
 
-Paper: OmniOPD (arXiv 2606.01476v1, Meta AI, 2026). No public code; only the abstract is known
-(../shared/reference/anchors-research.md §A.5). Mechanics and their open details: ``omni_core.py``.
+Paper: "OmniOPD: Logit-Free On-Policy Distillation via Speculative Verification" (Zhou et al.,
+arXiv 2606.01476v1, Meta AI, 2026). No public code; only the abstract is read. Mechanics and the
+details the abstract leaves open: ``omni_core.py``.
 
 Relative to vanilla OPD:
-  1. no teacher log-probs: at the student's high-entropy "forks", a teacher that only writes text
-     continues the student's prefix M times, and the student's next chunk is scored by its mean
-     embedding similarity to those continuations (all-MiniLM-L6-v2, offline), shrunk by a prior;
+  1. no teacher log-probs: at the student's highest-entropy "forks", a teacher that only writes text
+     continues the student's prefix M times, and the student's next chunk is rewarded by its expected
+     semantic similarity to the teacher's outcome under a Dirichlet-Multinomial posterior;
   2. the update is reward-weighted (REINFORCE on the chunk's tokens, advantage = reward minus the
      step's mean) instead of a divergence;
   3. a KL anchor to the *initial* student (k3 estimate on every trained token) controls collapse.
 
-Open details, chosen here: fork positions are found from the student's surprisal ``-log p_S(y_t)``
-recorded at sampling time -- an unbiased one-sample estimate of its entropy that needs no extra
-forward pass; the teacher is asked, in words, to continue the partial reply (any chat teacher,
-local or served, works: nothing but its text is used). The anchor is a teacher entry named
-``anchor_teacher`` whose path is the student's initial weights (a frozen copy); the continuation
-writer is the teacher agent named ``teacher`` (default: the first one that is not the anchor).
+Provenance of each choice:
+- black-box (text-only) teacher, MC continuations, chunk-level semantic similarity, peak-entropy
+  scheduling, Dirichlet-Multinomial prior, base-model KL anchor: paper text (abstract);
+- entropy = the current student's full next-token entropy at each sampled position, from one extra
+  no-grad forward pass (``scheduler=entropy``, the default); ``scheduler=surprisal`` uses the
+  sampled token's ``-log p_S(y_t)`` recorded at sampling time (no extra pass): ours;
+- fork selection (local peaks, quantile, gap, count), the clusters-plus-unseen Dirichlet-Multinomial
+  and its reward, the embedder, the REINFORCE form, k3, ``chunk_tokens=8``, ``num_continuations=4``:
+  ours (see ``omni_core.py``);
+- the teacher is asked, in words, to continue the partial reply; any chat teacher works -- a local
+  one, or an OpenAI-compatible endpoint that gives text only (``teachers=[{..., backend: openai,
+  text_only: true}]``): ours;
+- the anchor is a teacher entry named ``anchor_teacher`` whose path is the student's initial
+  weights (a frozen copy); the continuation writer is the teacher agent named ``teacher`` (default:
+  the first one that is not the anchor): ours.
 """
 
 from __future__ import annotations
@@ -30,9 +40,9 @@ from madopd_agents.base import SamplingParams
 from madopd_distill.batch import StepBatch
 from madopd_distill.methods.base import LossOutput, Method, MethodConfig, MethodContext, StudentOutput, reduce_rows
 from madopd_distill.methods.debate import with_instruction
-from madopd_distill.methods.omni_core import omni_row_loss, peak_entropy_forks, shared_embedder, shrunk_rewards
+from madopd_distill.methods.omni_core import dm_chunk_reward, omni_row_loss, peak_entropy_forks, shared_embedder
 from madopd_distill.rollout import Sample, Trajectory, to_samples
-from madopd_distill.teachers import TokenScores
+from madopd_distill.teachers import HFTeacher, ScoreRequest, TokenScores
 
 CONTINUE_INSTRUCTION = ("Here is the beginning of a reply to the conversation above:\n\n{prefix}\n\n"
                         "Continue that reply from exactly where it stops. Write only the continuation.")
@@ -47,9 +57,13 @@ class OmniConfig(MethodConfig):
         teacher: the teacher agent that writes continuations (``None``: first non-anchor agent).
         chunk_tokens: length C of the student chunk after a fork (and of each continuation).
         num_continuations: Monte-Carlo continuations M per fork.
+        scheduler: what locates forks: ``entropy`` (the student's next-token entropy; needs the
+            student model in the method context) or ``surprisal`` (``-log p_S`` of the sampled token).
         max_forks / fork_quantile / min_gap: fork selection per turn (see ``peak_entropy_forks``).
-        prior_strength: pseudo-samples of the shrinkage prior (0: plain MC mean).
-        prior_mean: the prior's mean similarity (``None``: the step's mean).
+        prior_alpha: symmetric Dirichlet concentration per semantic outcome (0: plain MC mean when
+            every continuation is its own outcome).
+        cluster_threshold: cosine at which a continuation joins an outcome cluster (> 1: never).
+        unseen_similarity: the similarity credited to the prior's "unseen" outcome.
         kl_coef: weight of the KL anchor.
         baseline: subtract the step's mean reward (advantages sum to 0).
         continuation_temperature: the teacher's sampling temperature for continuations.
@@ -60,11 +74,13 @@ class OmniConfig(MethodConfig):
     teacher: str | None = None
     chunk_tokens: int = 8
     num_continuations: int = 4
+    scheduler: str = "entropy"
     max_forks: int = 2
     fork_quantile: float = 0.8
     min_gap: int = 4
-    prior_strength: float = 1.0
-    prior_mean: float | None = None
+    prior_alpha: float = 1.0
+    cluster_threshold: float = 0.9
+    unseen_similarity: float = 0.0
     kl_coef: float = 0.1
     baseline: bool = True
     continuation_temperature: float = 1.0
@@ -77,8 +93,10 @@ class OmniConfig(MethodConfig):
             raise ValueError("chunk_tokens, num_continuations, max_forks and min_gap must be >= 1")
         if not 0.0 <= self.fork_quantile <= 1.0:
             raise ValueError(f"fork_quantile must be in [0, 1], got {self.fork_quantile}")
-        if self.prior_strength < 0 or self.kl_coef < 0 or self.continuation_temperature < 0:
-            raise ValueError("prior_strength, kl_coef and continuation_temperature must be >= 0")
+        if self.scheduler not in ("entropy", "surprisal"):
+            raise ValueError(f"scheduler must be 'entropy' or 'surprisal', got {self.scheduler!r}")
+        if self.prior_alpha < 0 or self.kl_coef < 0 or self.continuation_temperature < 0:
+            raise ValueError("prior_alpha, kl_coef and continuation_temperature must be >= 0")
 
 
 class OmniOPD(Method):
@@ -104,34 +122,53 @@ class OmniOPD(Method):
             raise ValueError("OmniOPD needs a teacher that writes text besides the anchor")
         self.sampling = SamplingParams(temperature=cfg.continuation_temperature, max_new_tokens=cfg.chunk_tokens,
                                        n=cfg.num_continuations, seed=ctx.seed)
+        if cfg.scheduler == "entropy" and ctx.student is None:
+            raise ValueError("OmniOPD's entropy scheduler needs the student model (MethodContext.student); "
+                             "use method.scheduler=surprisal without it")
         self._last: dict[str, float] = {}
 
-    def forks(self, logprobs: Sequence[float], mask: Sequence[bool]) -> list[int]:
-        """Fork positions of a turn from its sampled tokens' surprisal (trained tokens only)."""
-        surprisal = [-lp if m else -1.0 for lp, m in zip(logprobs, mask)]
-        return peak_entropy_forks(surprisal, max_forks=self.cfg.max_forks, fork_quantile=self.cfg.fork_quantile,
+    def forks(self, uncertainty: Sequence[float], mask: Sequence[bool]) -> list[int]:
+        """Fork positions of a turn from a per-token uncertainty (entropy or surprisal; trained tokens only)."""
+        values = [u if m else -1.0 for u, m in zip(uncertainty, mask)]
+        return peak_entropy_forks(values, max_forks=self.cfg.max_forks, fork_quantile=self.cfg.fork_quantile,
                                   min_gap=self.cfg.min_gap, min_entropy=0.0)
+
+    def turn_uncertainty(self, samples: Sequence[Sample], trajectories: Sequence[Trajectory]) -> list[list[float]]:
+        """Per sample, the uncertainty of each of its turn's tokens (0 where not trained)."""
+        turns = [trajectories[s.traj_index].turns[s.turn_indices[0]] for s in samples]
+        if self.cfg.scheduler == "surprisal":
+            return [[-lp for lp in (t.logprobs or [0.0] * len(t.token_ids))] for t in turns]
+        ent = student_entropies(self.ctx.student, self.ctx.tokenizer, samples, self.cfg.temperature)
+        out = []
+        for t, e in zip(turns, ent):
+            it = iter(e.tolist())
+            out.append([next(it) if m else 0.0 for m in t.loss_mask])
+        return out
 
     def make_samples(self, trajectories: Sequence[Trajectory], step: int) -> list[Sample]:
         samples = to_samples(trajectories, "turn")
         tok = self.ctx.tokenizer
         forks: list[tuple[int, int, int]] = []  # (sample, start, end) in turn-token positions
         prompts, chunks = [], []
+        uncertainty = self.turn_uncertainty(samples, trajectories) if samples else []
         for si, s in enumerate(samples):
             turn = trajectories[s.traj_index].turns[s.turn_indices[0]]
-            for j in self.forks(turn.logprobs or [0.0] * len(turn.token_ids), turn.loss_mask):
+            for j in self.forks(uncertainty[si], turn.loss_mask):
                 end = min(j + self.cfg.chunk_tokens, len(turn.token_ids))
                 prefix = tok.decode(turn.token_ids[:j], skip_special_tokens=True)
                 forks.append((si, j, end))
                 chunks.append(tok.decode(turn.token_ids[j:end], skip_special_tokens=True))
                 prompts.append(with_instruction(turn.context or [], CONTINUE_INSTRUCTION.format(prefix=prefix)))
-        rewards = torch.zeros(0)
+        rewards, stds, clusters = torch.zeros(0), [], []
         if forks:
             outs = self.writer.act(prompts, self.sampling)
             m = self.cfg.num_continuations
             conts = [[o.text for o in outs[i * m:(i + 1) * m]] for i in range(len(forks))]
-            sims = shared_embedder().similarities(chunks, conts)
-            rewards = shrunk_rewards(sims, self.cfg.prior_strength, self.cfg.prior_mean)
+            chunk_emb, cont_emb = shared_embedder().embed_groups(chunks, conts)
+            scored = [dm_chunk_reward(c, e, self.cfg.prior_alpha, self.cfg.cluster_threshold,
+                                      self.cfg.unseen_similarity) for c, e in zip(chunk_emb, cont_emb)]
+            rewards = torch.tensor([r for r, _, _ in scored], dtype=torch.float32)
+            stds, clusters = [sd for _, sd, _ in scored], [k for _, _, k in scored]
         adv = rewards - rewards.mean() if self.cfg.baseline and rewards.numel() > 1 else rewards
         for si, s in enumerate(samples):
             turn = trajectories[s.traj_index].turns[s.turn_indices[0]]
@@ -143,7 +180,9 @@ class OmniOPD(Method):
             s.meta["row_advantage"] = [a for a, m in zip(per_token, turn.loss_mask) if m]
         self._last = {"omni/forks": float(len(forks)),
                       "omni/reward_mean": float(rewards.mean()) if rewards.numel() else 0.0,
-                      "omni/reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0}
+                      "omni/reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
+                      "omni/posterior_std": sum(stds) / len(stds) if stds else 0.0,
+                      "omni/outcomes": sum(clusters) / len(clusters) if clusters else 0.0}
         return samples
 
     def score(self, batch: StepBatch, step: int) -> list[TokenScores]:
@@ -162,3 +201,26 @@ class OmniOPD(Method):
 
     def log_metrics(self, trajectories: Sequence[Trajectory], step: int) -> dict[str, Any]:
         return dict(self._last)
+
+
+@torch.no_grad()
+def student_entropies(model: Any, tokenizer: Any, samples: Sequence[Sample], temperature: float = 1.0,
+                      batch_size: int = 8) -> list[torch.Tensor]:
+    """Per sample, ``[n_trained]`` entropies (nats) of the student's next-token distribution at its
+    trained positions, from one no-grad forward pass (the model's train/eval mode is restored)."""
+    was_training = model.training
+    scorer = HFTeacher(model, tokenizer, name="student-entropy", batch_size=batch_size)  # puts it in eval mode
+    try:
+        out = []
+        for i in range(0, len(samples), batch_size):
+            chunk = samples[i:i + batch_size]
+            reqs = [ScoreRequest(s.input_ids, [t for t, m in enumerate(s.loss_mask) if m]) for s in chunk]
+            lp = torch.log_softmax(scorer.score(reqs).logits.float() / temperature, -1)
+            ent = -(lp.exp() * lp).sum(-1)
+            j = 0
+            for r in reqs:
+                out.append(ent[j:j + len(r.positions)])
+                j += len(r.positions)
+        return out
+    finally:
+        model.train(was_training)

@@ -1,17 +1,32 @@
-"""OmniOPD's pure mechanics: peak-entropy forks, chunk similarity rewards, the anchored loss.
+"""OmniOPD's pure mechanics: forks, the Dirichlet-Multinomial chunk reward, the anchored loss.
 
-Paper: OmniOPD (arXiv 2606.01476v1, Meta AI, 2026); no public code, only the abstract
-(../shared/reference/anchors-research.md §A.5). The method file is ``omni.py``; this module holds
-the parts that need no model, so they are unit-tested on their own.
+Paper: "OmniOPD: Logit-Free On-Policy Distillation via Speculative Verification" (Zhou et al.,
+arXiv 2606.01476v1, Meta AI, 2026); no public code, only the abstract is read. The method file is
+``omni.py``; this module holds the parts that need no model, so they are unit-tested on their own.
 
-Open details, chosen here (each a config option in ``omni.py``):
-- forks: positions whose student entropy is a local peak, at least ``min_gap`` tokens apart, among
-  the top ``fork_quantile`` of the turn's entropies, at most ``max_forks`` per turn;
-- chunk reward: mean cosine similarity between the student's chunk after the fork and the
-  teacher's Monte-Carlo continuations of the same prefix (all-MiniLM-L6-v2 embeddings);
-- variance control ("Dirichlet-Multinomial prior"): the mean of M similarities is shrunk towards a
-  prior mean with ``prior_strength`` pseudo-samples, ``(sum_m s_m + a * mu) / (M + a)``; ``mu`` is
-  the batch's mean similarity (empirical Bayes) unless a number is given;
+The abstract fixes: Monte-Carlo continuations by the teacher approximate its local preference,
+scored by a continuous semantic similarity over multi-token chunks; a peak-entropy scheduler audits
+only high-uncertainty forks; a Dirichlet-Multinomial prior bounds the variance of the discrete
+sampling; a KL anchor to the base model guards unaudited tokens. It leaves open (chosen here, each
+an option in ``omni.py``):
+
+- forks: positions whose entropy is a local peak, at least ``min_gap`` tokens apart, among the top
+  ``fork_quantile`` of the turn's entropies, at most ``max_forks`` per turn;
+- the Dirichlet-Multinomial model. The teacher's M continuations of the prefix are M draws of a
+  categorical over *semantic outcomes*; the outcomes are the clusters of the continuations'
+  embeddings (greedy, cosine >= ``cluster_threshold`` to a cluster's mean) plus one "unseen"
+  outcome. A symmetric ``Dirichlet(alpha)`` prior over these K outcomes gives the posterior
+  ``Dirichlet(alpha + n_k)`` (``n_k``: continuations in cluster k, 0 for "unseen"). The student's
+  chunk is rewarded by its expected similarity to the teacher's outcome under that posterior::
+
+      r = sum_k (alpha + n_k) / (K alpha + M) * s_k
+
+  with ``s_k`` the cosine similarity of the chunk to cluster k's mean embedding and
+  ``s_unseen = unseen_similarity``. The posterior standard deviation of that expectation,
+  ``sqrt((sum_k a~_k s_k^2 - r^2) / (K alpha + M + 1))`` with ``a~ = (alpha + n) / (K alpha + M)``,
+  is logged. ``alpha = 0`` and ``cluster_threshold > 1`` (every continuation its own outcome) give
+  the plain Monte-Carlo mean similarity;
+- similarity: cosine of all-MiniLM-L6-v2 sentence embeddings (offline wheel);
 - update: REINFORCE on the chunk tokens with advantage ``r - mean(r)`` over the step's forks, plus a
   KL anchor to the initial student on every trained token (k3 estimator, always >= 0).
 """
@@ -50,22 +65,50 @@ def peak_entropy_forks(entropy: Sequence[float] | torch.Tensor, *, max_forks: in
     return sorted(chosen)
 
 
-def shrunk_rewards(similarities: Sequence[Sequence[float]], prior_strength: float = 1.0,
-                   prior_mean: float | None = None) -> torch.Tensor:
-    """Per-fork reward: the mean of its M similarities, shrunk towards ``prior_mean``.
+def cluster_outcomes(embeddings: torch.Tensor, threshold: float) -> list[list[int]]:
+    """Greedy clusters of ``[M, D]`` unit embeddings, in order: each joins the first cluster whose
+    (normalised) mean has cosine >= ``threshold`` with it, else opens a new one."""
+    clusters: list[list[int]] = []
+    for i in range(embeddings.shape[0]):
+        for members in clusters:
+            centre = torch.nn.functional.normalize(embeddings[members].mean(0), dim=-1)
+            if float(centre @ embeddings[i]) >= threshold:
+                members.append(i)
+                break
+        else:
+            clusters.append([i])
+    return clusters
 
-    ``r_i = (sum_m s_im + a * mu) / (M_i + a)``; ``mu`` defaults to the mean of all similarities
-    (empirical Bayes). ``a = 0`` gives the plain Monte-Carlo mean.
+
+def dm_chunk_reward(chunk: torch.Tensor, continuations: torch.Tensor, alpha: float = 1.0,
+                    cluster_threshold: float = 0.9, unseen_similarity: float = 0.0) -> tuple[float, float, int]:
+    """``(reward, posterior_std, K)`` of one fork under the Dirichlet-Multinomial model (module doc).
+
+    Args:
+        chunk: ``[D]`` unit embedding of the student's chunk.
+        continuations: ``[M, D]`` unit embeddings of the teacher's M continuations (M >= 1).
+        alpha: symmetric Dirichlet concentration per outcome (>= 0; 0: no "unseen" outcome).
+        cluster_threshold: cosine at which a continuation joins a cluster (> 1: never).
+        unseen_similarity: similarity credited to the "unseen" outcome.
     """
-    if prior_strength < 0:
-        raise ValueError(f"prior_strength must be >= 0, got {prior_strength}")
-    if not similarities:
-        return torch.zeros(0)
-    if any(len(s) == 0 for s in similarities):
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    m = continuations.shape[0]
+    if m == 0:
         raise ValueError("every fork needs at least one teacher continuation")
-    flat = [x for s in similarities for x in s]
-    mu = float(sum(flat) / len(flat)) if prior_mean is None else float(prior_mean)
-    return torch.tensor([(sum(s) + prior_strength * mu) / (len(s) + prior_strength) for s in similarities])
+    clusters = cluster_outcomes(continuations, cluster_threshold)
+    counts = [float(len(c)) for c in clusters]
+    sims = [float(torch.nn.functional.normalize(continuations[c].mean(0), dim=-1) @ chunk) for c in clusters]
+    if alpha > 0:
+        counts.append(0.0)
+        sims.append(float(unseen_similarity))
+    a = torch.tensor(counts, dtype=torch.float64) + alpha
+    total = float(a.sum())
+    w = a / total
+    s = torch.tensor(sims, dtype=torch.float64)
+    reward = float((w * s).sum())
+    var = max(0.0, float((w * s * s).sum()) - reward ** 2) / (total + 1.0)
+    return reward, var ** 0.5, len(counts)
 
 
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
@@ -115,6 +158,19 @@ class Embedder:
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         return torch.nn.functional.normalize(pooled, dim=-1).cpu()
+
+    def embed_groups(self, chunks: Sequence[str], continuations: Sequence[Sequence[str]]
+                     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Unit embeddings: ``[F, D]`` of the chunks and, per chunk, ``[M_i, D]`` of its continuations."""
+        if len(chunks) != len(continuations):
+            raise ValueError("one list of continuations per chunk")
+        flat = [c for conts in continuations for c in conts]
+        emb = self.encode(list(chunks) + flat)
+        out, j = [], len(chunks)
+        for conts in continuations:
+            out.append(emb[j:j + len(conts)])
+            j += len(conts)
+        return emb[: len(chunks)], out
 
     def similarities(self, chunks: Sequence[str], continuations: Sequence[Sequence[str]]) -> list[list[float]]:
         """Cosine similarity of each student chunk to each of its teacher continuations."""

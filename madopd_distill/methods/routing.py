@@ -1,21 +1,36 @@
-"""Token-level teacher routing: per student token, one teacher supervises (FusionRoute-style).
+"""Token-level teacher routing with FusionRoute's complementary logit: per student token, one teacher
+supervises, corrected by a small trained head.
 
-Paper: "Token-Level LLM Collaboration via FusionRoute" (Xiong et al., arXiv 2601.05106; Meta AI):
-a lightweight router picks the expert at each decoding step. Used here as a multi-teacher
-combiner for OPD, the token-level counterpart of MAD-OPD's per-teacher weights.
+Paper: "Token-Level LLM Collaboration via FusionRoute" (Xiong et al., arXiv 2601.05106; Meta AI).
+Its router (i) selects an expert per decoding step and (ii) adds a complementary logit to the
+selected expert's logits; it is trained by SFT on informative tokens (where the experts disagree),
+then by a preference stage (CDPO). Here the experts are the teachers and the fused distribution is
+the student's distillation target. Code: the paper names github.com/xiongny/FusionRoute, which could
+not be read here; every choice below rests on the paper's text or is ours.
 
 Relative to vanilla OPD:
   1. every teacher scores the student's tokens (as in MT-OPD);
-  2. a router picks one teacher per token: by default the most confident at that position
-     (``confidence``: max-prob, entropy or sampled-token probability), or a small trained router;
-  3. the loss at each token is the divergence to the routed teacher only; the log reports each
-     teacher's share of tokens (``route/share/<name>``), comparable with MAD-OPD's ``w_k``.
+  2. a router picks one teacher per token (``confidence``: the most confident; or ``learned``);
+  3. the target at each token is ``softmax(z_routed + c(h))``: the routed teacher's logits plus the
+     complementary logit of a small head over the student's hidden state ``h`` (``complementary``);
+     the log reports each teacher's share of tokens (``route/share/<name>``).
 
-The trained router (``router=learned``) is the natural OPD reading of FusionRoute's supervised
-router (which learns from labelled data which expert is right): on tokens of *won* episodes it
-learns to pick the teacher that gave the student's token the highest probability, from per-teacher
-features (log max-prob, entropy, log-prob of the student's token); until it has seen a won episode
-the confidence router is used. Its parameters have their own Adam optimizer, stepped in ``loss``.
+Provenance of each choice:
+- per-token selection + complementary logit by logit addition: paper text (abstract; Sec. 3);
+- the complementary generator trained by next-token cross-entropy of the fused distribution on
+  informative positions (the experts' top-1 tokens differ): paper text (SFT stage); the labels here
+  are the student's own tokens in *won* episodes (OPD has no reference answers): ours;
+- the paper's second stage (CDPO on preference pairs) is not implemented: OPD gives no pairs;
+- the complementary logit from a low-rank head over the student's (detached) hidden state, zero-
+  initialised so training starts from pure routing, with its own Adam optimizer: ours (the paper's
+  router is a small LM whose own logits are the complementary ones);
+- the confidence router (max-prob / entropy / sampled-token probability) and the learned router over
+  per-teacher features, trained on won episodes to pick the teacher that gave the student's token the
+  highest probability: ours (the paper's router is a linear projection of the router LM's hidden
+  state, trained in its SFT stage);
+- ``complementary=false`` gives plain token routing, a multi-teacher combiner that is not FusionRoute.
+
+The head and the learned router are not saved in checkpoints (a resumed run retrains them).
 """
 
 from __future__ import annotations
@@ -28,8 +43,9 @@ import torch
 from madopd_distill.batch import StepBatch
 from madopd_distill.methods.base import LossOutput, MethodContext, StudentOutput, reduce_rows, row_divergence, sampled_kl
 from madopd_distill.methods.mt_opd import MTOPD, MTOPDConfig
-from madopd_distill.methods.routing_core import (LearnedRouter, best_teacher_targets, confidence_route,
-                                                 gather_routed, route_shares, teacher_features)
+from madopd_distill.methods.routing_core import (ComplementaryHead, LearnedRouter, best_teacher_targets,
+                                                 complementary_sft_loss, confidence_route, disagreement_rows,
+                                                 fuse_logits, gather_routed, route_shares, teacher_features)
 from madopd_distill.methods.sage import token_confidence
 from madopd_distill.rollout import Sample, Trajectory, to_samples
 from madopd_distill.teachers import TokenScores
@@ -45,7 +61,14 @@ class RoutingConfig(MTOPDConfig):
         router_hidden: hidden units of the learned router.
         router_lr: its learning rate.
         router_top_k: how many of each teacher's top log-probs feed the router's features.
+        complementary: add FusionRoute's complementary logit (a trained head over the student's hidden
+            state) to the routed teacher's logits; needs full-distribution (``hf``) teachers.
+        complementary_rank: inner width of the head (``hidden -> rank -> vocab``).
+        complementary_lr: the head's Adam learning rate.
+        complementary_rows: rows the head trains on, among tokens of won episodes: ``disagree``
+            (the teachers' top-1 tokens differ: the paper's informative positions) or ``all``.
         teacher_weights: unused: the router picks one teacher per token.
+        loop_filter: MT-OPD's loop filter; off here (not part of FusionRoute).
     """
 
     router: str = "confidence"
@@ -53,6 +76,11 @@ class RoutingConfig(MTOPDConfig):
     router_hidden: int = 32
     router_lr: float = 1e-2
     router_top_k: int = 20
+    complementary: bool = True
+    complementary_rank: int = 64
+    complementary_lr: float = 1e-3
+    complementary_rows: str = "disagree"
+    loop_filter: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -62,16 +90,22 @@ class RoutingConfig(MTOPDConfig):
             raise ValueError(f"confidence must be max_prob, entropy or sampled, got {self.confidence!r}")
         if self.router_hidden < 1 or self.router_lr <= 0 or self.router_top_k < 1:
             raise ValueError("router_hidden and router_top_k must be >= 1, router_lr > 0")
+        if self.complementary_rank < 1 or self.complementary_lr <= 0:
+            raise ValueError("complementary_rank must be >= 1 and complementary_lr > 0")
+        if self.complementary_rows not in ("disagree", "all"):
+            raise ValueError(f"complementary_rows must be 'disagree' or 'all', got {self.complementary_rows!r}")
 
 
 class TokenRouting(MTOPD):
-    """One supervising teacher per token, chosen by confidence or by a small trained router."""
+    """One supervising teacher per token (confidence or trained router) + a complementary logit."""
 
     name = "routing"
     Config = RoutingConfig
 
     def __init__(self, cfg: RoutingConfig, ctx: MethodContext):
         super().__init__(cfg, ctx)
+        self.needs_student_hidden = cfg.complementary  # instance override: the trainer reads it per batch
+        self.head: ComplementaryHead | None = None  # built at the first batch (hidden and vocab sizes)
         if len(ctx.teachers) < 2:
             raise ValueError(f"routing needs >= 2 teachers, got {len(ctx.teachers)}")
         self.router: LearnedRouter | None = None
@@ -81,7 +115,7 @@ class TokenRouting(MTOPD):
             self.router_opt = torch.optim.Adam(self.router.parameters(), lr=cfg.router_lr)
 
     def make_samples(self, trajectories: Sequence[Trajectory], step: int) -> list[Sample]:
-        samples = to_samples(trajectories, self.cfg.sample_mode)
+        samples = self.drop_loops(to_samples(trajectories, self.cfg.sample_mode), trajectories)
         for s in samples:
             s.meta["won"] = bool(trajectories[s.traj_index].won)
         return samples
@@ -111,17 +145,64 @@ class TokenRouting(MTOPD):
         conf = token_confidence(self.cfg.confidence, dists, sampled)  # type: ignore[arg-type]
         return confidence_route(conf, valid), feats
 
+    def complementary(self, hidden: torch.Tensor, vocab: int) -> torch.Tensor:
+        """``[N, V]`` complementary logits of the (detached) hidden states, no grad."""
+        if self.head is None:
+            self.head = ComplementaryHead(hidden.shape[-1], vocab, self.cfg.complementary_rank).to(hidden.device)
+            self.head_opt = torch.optim.Adam(self.head.parameters(), lr=self.cfg.complementary_lr)
+        with torch.no_grad():
+            return self.head(hidden.detach())
+
+    def fused_scores(self, scores: Sequence[TokenScores], comp: torch.Tensor, batch: StepBatch) -> list[TokenScores]:
+        """Each teacher's scores with the complementary logit added (the target if it is routed)."""
+        out = []
+        for s in scores:
+            if s.logits is None:
+                raise ValueError("FusionRoute's complementary logit needs full-distribution teachers (backend hf); "
+                                 "set method.complementary=false for sparse (vllm/openai) teachers")
+            fused = fuse_logits(s.logits.to(comp.device), comp)
+            lp = torch.log_softmax(fused / self.cfg.temperature, -1)
+            tok = lp.gather(-1, batch.targets.to(lp.device)[:, None]).squeeze(-1)
+            out.append(TokenScores(tok.to(s.token_logprobs.dtype), logits=fused))
+        return out
+
     def loss(self, student: StudentOutput, scores: Sequence[TokenScores], weights: torch.Tensor,
              batch: StepBatch, step: int) -> LossOutput:
         route, feats = self.route(batch, scores)
-        per_teacher = torch.stack([row_divergence(student, s, batch, self.cfg) for s in scores])
+        targets = list(scores)
+        if self.cfg.complementary:
+            if student.hidden is None:
+                raise ValueError("the complementary logit needs the student's hidden states (needs_student_hidden)")
+            comp = self.complementary(student.hidden, student.logits.shape[-1])
+            targets = self.fused_scores(scores, comp, batch)
+        per_teacher = torch.stack([row_divergence(student, s, batch, self.cfg) for s in targets])
         routed = gather_routed(per_teacher, route.to(per_teacher.device))
         names = list(self.ctx.teachers)
         shares = route_shares(route, torch.ones_like(route, dtype=torch.bool), len(names))
         metrics = {f"route/share/{n}": v for n, v in zip(names, shares)}
         if self.router is not None:
             metrics.update(self._train_router(batch, scores, feats))
+        if self.cfg.complementary:
+            metrics["route/comp_abs_mean"] = float(comp.abs().mean())
+            metrics.update(self._train_head(batch, scores, student.hidden, route))
         return LossOutput(reduce_rows(routed, weights, batch), sampled_kl(student, scores[0]), metrics)
+
+    def _train_head(self, batch: StepBatch, scores: Sequence[TokenScores], hidden: torch.Tensor,
+                    route: torch.Tensor) -> dict[str, float]:
+        """One Adam step of the complementary head (FusionRoute's SFT stage, on won episodes' tokens)."""
+        won = torch.tensor([s.meta.get("won", False) for s in batch.samples], dtype=torch.bool)[batch.rows]
+        logits = torch.stack([s.logits.float() for s in scores])  # [K, N, V]
+        rows = won if self.cfg.complementary_rows == "all" else won & disagreement_rows(logits)
+        if not bool(rows.any()):
+            return {"route/comp_rows": 0.0}
+        routed_logits = logits[route.to(logits.device), torch.arange(logits.shape[1], device=logits.device)]
+        dev = hidden.device
+        self.head_opt.zero_grad()
+        loss = complementary_sft_loss(self.head, hidden.to(dev), routed_logits.to(dev), batch.targets.to(dev),
+                                      rows.to(dev), self.cfg.temperature)
+        loss.backward()
+        self.head_opt.step()
+        return {"route/comp_loss": float(loss.detach()), "route/comp_rows": float(rows.sum())}
 
     def _train_router(self, batch: StepBatch, scores: Sequence[TokenScores], feats: torch.Tensor) -> dict[str, float]:
         won = torch.tensor([s.meta.get("won", False) for s in batch.samples], dtype=torch.bool)[batch.rows]

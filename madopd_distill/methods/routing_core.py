@@ -84,3 +84,50 @@ class LearnedRouter(nn.Module):
         if not bool(m.any()):
             return self(features).sum() * 0.0
         return nn.functional.cross_entropy(self(features)[m], targets[m])
+
+
+class ComplementaryHead(nn.Module):
+    """FusionRoute's complementary logit, here a small head over the student's last hidden state.
+
+    FusionRoute (arXiv 2601.05106) adds the router's own next-token logits to the selected expert's
+    (``log pi_final = log pi_router + log pi_expert``). Here the router is not a language model, so a
+    low-rank head ``c(h) = U (D h) + b`` (``D``: ``hidden -> rank``, ``U``: ``rank -> vocab``) over the
+    student's hidden state plays that part. ``U`` and ``b`` start at zero: until trained, the fused
+    distribution is exactly the routed teacher's.
+    """
+
+    def __init__(self, hidden: int, vocab: int, rank: int = 64):
+        super().__init__()
+        if min(hidden, vocab, rank) < 1:
+            raise ValueError("hidden, vocab and rank must be >= 1")
+        self.down = nn.Linear(hidden, rank, bias=False)
+        self.up = nn.Linear(rank, vocab)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(hidden.float()))
+
+
+def fuse_logits(expert_logits: torch.Tensor, complementary: torch.Tensor) -> torch.Tensor:
+    """Logit addition: ``[N, V]`` routed expert logits + ``[N, V]`` complementary logits (the fused
+    next-token distribution is their softmax; adding to logits or to log-probs gives the same one)."""
+    return expert_logits.float() + complementary.float()
+
+
+def disagreement_rows(teacher_logits: torch.Tensor) -> torch.Tensor:
+    """``[K, N, V]`` -> ``[N]`` bool: the rows where the teachers' top-1 tokens are not all equal
+    (FusionRoute trains on such "informative" positions only)."""
+    top = teacher_logits.argmax(-1)  # [K, N]
+    return (top != top[:1]).any(0)
+
+
+def complementary_sft_loss(head: ComplementaryHead, hidden: torch.Tensor, routed_logits: torch.Tensor,
+                           targets: torch.Tensor, rows: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Next-token cross-entropy of the fused distribution on ``rows`` (FusionRoute's SFT stage):
+    ``-log softmax((z_routed + c(h)) / T)[y]``. Only ``head`` gets gradient (inputs are detached)."""
+    m = rows.bool()
+    if not bool(m.any()):
+        return head(hidden[:1].detach()).sum() * 0.0
+    fused = fuse_logits(routed_logits[m].detach(), head(hidden[m].detach())) / temperature
+    return nn.functional.cross_entropy(fused, targets[m])

@@ -1,25 +1,37 @@
 """TCOD: a temporal curriculum on trajectory depth for multi-turn on-policy distillation.
 
-Paper: "TCOD" (arXiv 2604.24005, Tongyi Lab, COLM 2026); code kokolerk/TCOD @465eef4, a
-Trinity-RFT fork (``trinity/common/workflows/envs/TCOD/``, ``on_policy_distill_advantage.py``),
-read for semantics only.
+Paper: "TCOD" (arXiv 2604.24005, Tongyi Lab, COLM 2026); code kokolerk/TCOD@465eef4, a
+Trinity-RFT fork, read for semantics only, not copied.
 
 Relative to vanilla OPD:
   1. F2B: the student plays only the first ``W = 1 + step // k`` env steps of each episode;
      B2F: an expert prefix of ``c = max(0, L - 1 - step // k)`` actions is replayed (masked, no
      gradient) and the student continues from there (``L`` = the expert trajectory's length);
   2. the loss is TCOD's: sampled-token advantage ``kl_coef * (log p_T - log p_S)`` with a PPO
-     surrogate, reduced seq-mean-token-mean (``sample_mean``) against length collapse;
+     surrogate (the defaults here -- trajectory samples, no clip -- are ours; the presets set the
+     code's one row per turn and clip 0.2);
   3. the trainer logs ``kl_trajectory_mean`` (TCOD's ``kl/trajectory_mean``) to check its claim.
 
-Both variants use one depth ``W(step) = min(k_start + floor(step / eta), k_max)`` (the authors'
-general form; ``k_start=1, eta=k, k_max=None`` is the code's linear schedule): F2B caps the
-student's env steps at W, B2F replays ``max(0, L - W)`` expert actions. ``L`` is measured once per
-task by replaying the env's expert (``info["expert_action"]``) to the end, and cached. Episodes whose
-replay already finishes the task produce no samples (as in the code).
+Provenance of each choice (code paths in kokolerk/TCOD@465eef4):
+- F2B depth ``1 + step // k``: ``trinity/common/workflows/envs/TCOD/alfworld/TCOD_f2b_workflow.py:79-81``;
+- B2F replay ``max(0, L - 1 - step // k)``: ``.../TCOD/alfworld/TCOD_b2f_workflow.py:86-94``;
+- advantage ``kl_coef * (teacher - old)``, ``kl_coef=1``: ``trinity/algorithm/advantage_fn/
+  on_policy_distill_advantage.py:35`` and ``TCOD_examples/alfworld/tcod_f2b.yaml:14``;
+- PPO clip 0.2 (``ppo`` is the algorithm's policy loss): ``trinity/algorithm/algorithm.py:511`` and
+  ``trinity/algorithm/policy_loss_fn/ppo_policy_loss.py:121`` (the dual-clip ``clip_ratio_c=3`` of
+  line 122 is not reproduced);
+- one row per turn: ``on_policy_distill_advantage.py:9-11,119-123``;
+- reduction: F2B ``seq-mean-token-mean`` (``sample_mean``, ``TCOD_examples/alfworld/tcod_f2b.yaml:17``),
+  B2F Trinity's default ``token-mean`` (``ppo_policy_loss.py:123``; ``tcod_b2f.yaml`` sets none);
+- ``k``: 6 for F2B (``tcod_f2b.yaml:53``), 5 for B2F (``tcod_b2f.yaml:50``); the default ``eta=6``
+  here is F2B's; ``method=tcod_f2b_paper`` / ``tcod_b2f_paper`` are the published configurations;
+- the general form ``W(step) = min(k_start + floor(step / eta), k_max)``: ours (``k_start=1``,
+  ``k_max=None`` is the code's linear schedule);
+- ``L`` measured once per task by replaying the env's expert to the end (cached), the replay done
+  live instead of from a stored action list: ours. Episodes whose replay already finishes the task
+  produce no samples (as in the code).
 
-Caveat: the code replays a *stored* expert action list; here the prefix is replayed live from the
-env's expert, which reproduces the measured trajectory only when the expert is deterministic.
+Caveat: the live replay reproduces the measured trajectory only when the expert is deterministic.
 TextWorldExpress Coin's generated gold path for a task depends on the games its engine played
 before (train-0 gave 7 and 3 gold actions over three resets interleaved with other tasks;
 Arithmetic and SimonSays were stable), so there ``c`` is relative to one sampled expert run and

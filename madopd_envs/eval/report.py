@@ -89,11 +89,30 @@ def plot_board(board: str, summaries: list[dict[str, Any]]) -> bytes:
     return buf.getvalue()
 
 
+def cards_html(summaries: list[dict[str, Any]]) -> str:
+    """The env cards the runs recorded (``run.json`` ``env_cards``): what each env is and where it comes from."""
+    cards: dict[str, dict[str, Any]] = {}
+    for s in summaries:
+        cards.update(s["_run"].get("env_cards") or {})
+    if not cards:
+        return ""
+    esc = html.escape
+    rows = []
+    for env_id, c in cards.items():
+        splits = " ".join(f"{k}={'user' if v is None else v}" for k, v in (c.get("splits") or {}).items())
+        package = f"{c.get('package') or '-'} {c.get('version') or ''}".strip()
+        rows.append(f"<tr><td>{esc(env_id)}</td><td>{esc(str(c.get('family', '')))}</td><td>{esc(package)}</td>"
+                    f"<td>{esc(splits)}</td><td>{esc(str(c.get('license', '')))}</td></tr>")
+    return ("<div class='wide'><table class='cards'><caption>environments (cards recorded in run.json)</caption>"
+            "<tr><th>env</th><th>family</th><th>package</th><th>splits</th><th>licence and data provenance</th></tr>"
+            + "".join(rows) + "</table></div>")
+
+
 def render_html(boards: dict[str, list[dict[str, Any]]]) -> str:
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>madopd leaderboards</title>",
              "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child{text-align:left}"
-             "code{font-size:85%}</style></head><body><h1>madopd leaderboards</h1>"]
+             "code{font-size:85%}.cards td{text-align:left}</style></head><body><h1>madopd leaderboards</h1>"]
     for board, summaries in boards.items():
         df = summary_frame(summaries)
         png = base64.b64encode(plot_board(board, summaries)).decode()
@@ -101,7 +120,7 @@ def render_html(boards: dict[str, list[dict[str, Any]]]) -> str:
         cmds = "".join(f"<li><b>{html.escape(s['agent'])}</b>: <code>{html.escape(s['_run'].get('command', ''))}"
                        f"</code></li>" for s in summaries)
         parts += [f"<h2>{html.escape(board)}</h2>", f"<img alt='success rate per env' src='data:image/png;base64,{png}'>",
-                  table, f"<ul>{cmds}</ul>"]
+                  table, f"<ul>{cmds}</ul>", cards_html(summaries)]
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -68,6 +68,13 @@ def engine_versions(env_id: str) -> dict[str, str]:
     return out
 
 
+def env_cards(env_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Each env's card for ``run.json``: family, splits, licence and data provenance, package and version."""
+    from madopd_envs.registry import spec
+
+    return {env_id: spec(env_id).describe() for env_id in dict.fromkeys(env_ids)}
+
+
 # -- planning ------------------------------------------------------------------------------------
 def env_traits(env_id: str) -> tuple[str, bool]:
     """``(family, open_ended)`` of a registered env, read from its class (no engine starts)."""
@@ -492,7 +499,8 @@ def evaluate(*, agent_name: str, agent_args: dict[str, Any], entries: list[Entry
             output.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise output_problem(output, e) from None
-        write_json(run_path, {**run_info, "sources": sources, "command": command})
+        write_json(run_path, {**run_info, "sources": sources, "env_cards": env_cards([e.env for e, _ in plans]),
+                              "command": command})
         planned = [u for _, p in plans for u in p.units]
         planned_keys = {u.key for u in planned}
         have = {k for k in done if k in planned_keys}

@@ -182,13 +182,29 @@ class ScriptedJudge:
 
 @pytest.mark.parametrize("mode", ["trajectory", "turn"])
 def test_sage_row_levels_follow_each_turns_judgement(mode):
-    judge = ScriptedJudge(["fine <<JUDGE=skip>>", "bad <<JUDGE=strong>>"])
+    judge = ScriptedJudge(["fine <<JUDGE=skip>>", "bad <<JUDGE=intervene>>"])
     m = build_method("sage", {"sample_mode": mode}, ctx(teacher_agents={"a": judge}))
     samples = m.make_samples([_traj_with_turns()], 0)
     levels = [w for s in samples for w in s.meta["row_levels"]]
-    assert levels == [0.0, 0.0, 1.0, 1.0, 1.0]  # turn 1 skipped (2 tokens), turn 2 strong (3 tokens)
+    assert levels == [0.0, 0.0, 1.0, 1.0, 1.0]  # turn 1 skipped (2 tokens), turn 2 intervened (3 tokens)
     assert "You go." in judge.prompts[0][-1]["content"] and "You win." in judge.prompts[1][-1]["content"]
-    assert m.log_metrics([], 0)["sage/parsed_frac"] == 1.0
+    log = m.log_metrics([], 0)
+    assert log["sage/unparsed_frac"] == 0.0 and log["sage/skip_frac"] == log["sage/intervene_frac"] == 0.5
+
+
+@pytest.mark.parametrize("fallback", [1.0, 0.0])
+def test_sage_unparsed_judgement_is_a_parse_failure_with_the_configured_fallback(fallback):
+    # "weak" names no level of the default two-level scheme: a parse failure, like a reply without a tag.
+    judge = ScriptedJudge(["no tag at all", "<<JUDGE=weak>>"])
+    m = build_method("sage", {"sample_mode": "turn", "unparsed_weight": fallback}, ctx(teacher_agents={"a": judge}))
+    samples = m.make_samples([_traj_with_turns()], 0)
+    assert [w for s in samples for w in s.meta["row_levels"]] == [fallback] * 5
+    log = m.log_metrics([], 0)
+    assert log["sage/unparsed"] == 2.0 and log["sage/unparsed_frac"] == 1.0
+    assert log["sage/skip_frac"] == log["sage/intervene_frac"] == 0.0  # never counted as a level
+    three = build_method("sage", {"levels": "three"}, ctx(teacher_agents={"a": ScriptedJudge(["<<JUDGE=weak>>", "?"])}))
+    assert [w for s in three.make_samples([_traj_with_turns()], 0) for w in s.meta["row_levels"]] == [0.5, 0.5, 1, 1, 1]
+    assert three.log_metrics([], 0)["sage/weak_frac"] == 0.5 and three.log_metrics([], 0)["sage/unparsed_frac"] == 0.5
 
 
 def _batch(n_samples=2, length=6, vocab=11, seed=0):
@@ -276,7 +292,7 @@ def test_mad_opd_student_sequence_never_holds_the_transcript():
 
 def test_routing_confidence_router_and_learned_router_in_the_loss():
     batch, logits, student, scores = _batch()
-    m = build_method("routing", {}, ctx())
+    m = build_method("routing", {"complementary": False}, ctx())  # selection alone (the head: test_methods_routing)
     out = m.loss(student, scores, torch.ones(batch.num_rows), batch, 0)
     conf = torch.stack([torch.log_softmax(s.logits, -1).max(-1).values for s in scores])
     expected_share_a = float((conf[0] >= conf[1]).float().mean())
@@ -284,7 +300,7 @@ def test_routing_confidence_router_and_learned_router_in_the_loss():
     d = torch.stack([row_divergence(student, s, batch, m.cfg) for s in scores])
     routed = torch.where(conf[0] >= conf[1], d[0], d[1])
     assert float(out.loss.detach()) == pytest.approx(float((batch.reduce_weight * routed).sum().detach()), rel=1e-5)
-    learned = build_method("routing", {"router": "learned"}, ctx())
+    learned = build_method("routing", {"router": "learned", "complementary": False}, ctx())
     for s, won in zip(batch.samples, [True, False]):
         s.meta["won"] = won
     out = learned.loss(student, scores, torch.ones(batch.num_rows), batch, 0)

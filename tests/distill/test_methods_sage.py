@@ -15,15 +15,18 @@ def test_judge_prompt_sees_feedback_and_leaves_state_alone():
     conv = judge_prompt(STATE, "take coin", "You take the coin. You won!")
     assert STATE == [{"role": "user", "content": "You are in a room. Goal: take the coin."}]
     text = conv[-1]["content"]
-    assert "take coin" in text and "You won!" in text and "<<JUDGE=strong>>" in text
+    assert "take coin" in text and "You won!" in text and "<<JUDGE=intervene>>" in text and "weak" not in text
+    assert "<<JUDGE=strong>>" in judge_prompt(STATE, "a", "b", levels="three")[-1]["content"]
 
 
 def test_parse_judgement():
-    assert parse_judgement("fine <<JUDGE=skip>>") == ("skip", True)
-    assert parse_judgement("<<judge=WEAK>>") == ("weak", True)
-    assert parse_judgement("<<JUDGE=skip>> no wait <<JUDGE=strong>>") == ("strong", True)
-    assert parse_judgement("it was wrong") == ("strong", False)
-    assert parse_judgement("", unparsed_as="skip") == ("skip", False)
+    assert parse_judgement("fine <<JUDGE=skip>>") == "skip"
+    assert parse_judgement("<<judge=INTERVENE>>") == "intervene"
+    assert parse_judgement("<<JUDGE=skip>> no wait <<JUDGE=intervene>>") == "intervene"
+    assert parse_judgement("it was wrong") is None
+    assert parse_judgement("<<JUDGE=strong>>") is None  # a three-level tag under the two-level scheme
+    assert parse_judgement("<<judge=WEAK>>", "three") == "weak"
+    assert parse_judgement("", "three") is None
 
 
 def test_confidence_kinds():
@@ -83,4 +86,9 @@ def test_config_checks():
     with pytest.raises(ValueError):
         SageConfig(confidence="variance")
     with pytest.raises(ValueError):
-        SageConfig(level_weights={"skip": -1, "weak": 0.5, "strong": 1})
+        SageConfig(levels="three", level_weights={"skip": -1, "weak": 0.5, "strong": 1})
+    with pytest.raises(ValueError, match="keys"):
+        SageConfig(levels="three", level_weights={"skip": 0, "intervene": 1})
+    assert SageConfig(levels="three").weights == {"skip": 0.0, "weak": 0.5, "strong": 1.0}
+    with pytest.raises(ValueError):
+        SageConfig(unparsed_weight=-1.0)

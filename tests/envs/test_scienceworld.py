@@ -194,12 +194,23 @@ def test_table_matches_the_engine_for_every_task():
 
 
 @pytest.mark.slow
-def test_gold_path_expert_wins_one_test_variation_of_every_task():
-    from madopd_envs.baselines import run
+def test_gold_path_expert_wins_one_test_variation_of_every_task(tmp_path):
+    import json
 
+    from madopd_envs.eval.config import Entry
+    from madopd_envs.eval.runner import evaluate
+
+    env = madopd_envs.make("madopd/ScienceWorld-v0", split="test")
+    first: dict[str, str] = {}
+    for task_id in env.tasks("test"):
+        first.setdefault(task_id.split("/")[0], task_id)
+    env.close()
     # Gold paths run past the registered 100-step limit (up to 759 steps in the sampled variations).
-    episodes = run(["madopd/ScienceWorld-v0"], split="test", per_group=1, seed=0, policies=["expert"],
-                   max_episode_steps=10_000, env_kwargs={"admissible": False})
-    assert len(episodes) == 30
-    lost = [(e.task_id, e.raw_score, e.steps) for e in episodes if not e.won]
+    entry = Entry(env="madopd/ScienceWorld-v0", split="test", episodes=len(first), task_ids=tuple(first.values()),
+                  max_steps=10_000, env_kwargs=(("admissible", False),))
+    evaluate(agent_name="expert", agent_args={}, entries=[entry], output=tmp_path / "run", num_envs=2,
+             progress=False, log=lambda _: None)
+    records = [json.loads(line) for line in (tmp_path / "run" / "episodes.jsonl").read_text().splitlines()]
+    assert len(records) == 30
+    lost = [(r["task_id"], r["raw_score"], r["steps"]) for r in records if not r["won"]]
     assert not lost, lost

@@ -69,7 +69,7 @@ def test_impossible_parameters_fail_in_words():
 def test_gold_path_expert_wins(game):
     e = madopd_envs.make(IDS[game], expert=True, split="test")
     try:
-        for task_id in e.tasks("test")[:2]:  # 20 per game: python -m madopd_envs.baselines textworldexpress
+        for task_id in e.tasks("test")[:2]:  # 20 per game: python -m madopd_envs.eval --agent expert --agent random --leaderboard twx --episodes 20
             _, info = e.reset(options={"task_id": task_id})
             term = trunc = False
             total = 0.0

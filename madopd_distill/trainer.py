@@ -506,7 +506,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         results[f"eval_{when}"] = m
         accelerator.print(f"[eval {when} step {step}] success {m['eval_success_rate']:.3f} score {m['eval_score']:.3f}")
 
-    if start == 0:
+    def logged(when: str) -> bool:  # an eval a resumed run already has (the log is cut at its checkpoint)
+        return logger.path.exists() and f'"when": "{when}"' in logger.path.read_text()
+
+    if start == 0 and not logged("before"):
         run_eval(0, "before")
     record: dict[str, Any] = {}
     try:
@@ -595,11 +598,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             accelerator.print(f"[step {step + 1}/{cfg.steps}] loss {record['loss']:.4f} kl/token {record['kl_token_mean']:.4f} "
                               f"success {record['success_rate']:.2f} ({elapsed:.1f}s)")
             done = step + 1
+            if cfg.eval.every and done % cfg.eval.every == 0 and done != cfg.steps:
+                run_eval(done, f"step{done}")  # before the checkpoint: a resume from it has every record up to it
             if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps:
                 save_checkpoint(out_dir, done, accelerator, model, tokenizer, {"seed": cfg.seed}, cfg.keep_checkpoints)
-            if cfg.eval.every and done % cfg.eval.every == 0 and done != cfg.steps:
-                run_eval(done, f"step{done}")
-        if cfg.steps > start or start == 0:
+        if not logged("after"):
             run_eval(cfg.steps, "after")
     finally:
         collector.close()

@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 import gymnasium
 
-from madopd_envs import builtin
+from madopd_envs.builtin import register_all as register_builtin
 from madopd_envs.card import EnvCard
 from madopd_envs.core import TextEnv
 
@@ -229,7 +229,7 @@ def _load_builtin() -> None:
         saved = _source, _source_dist
         _source, _source_dist = BUILTIN, None
         try:
-            builtin.register_all(register)
+            register_builtin(register)
         finally:
             _source, _source_dist = saved
 

@@ -57,3 +57,25 @@ def test_list_json_names_every_registered_env():
 def test_list_table_runs():
     out = subprocess.run([sys.executable, "-m", "madopd_envs", "list"], capture_output=True, text=True, check=True)
     assert "madopd/TWX-CookingWorld-v0" in out.stdout
+
+
+def test_same_definition_twice_is_a_no_op_and_builtin_ids_cannot_be_taken():
+    from madopd_envs.registry import DuplicateEnvError
+
+    first = madopd_envs.register("mine/Same-v0", "madopd_envs.core:TextEnv")
+    assert madopd_envs.register("mine/Same-v0", "madopd_envs.core:TextEnv") is first  # no warning, no change
+    replaced = madopd_envs.register("mine/Same-v0", TextEnv, max_episode_steps=3)  # the same source replaces its own
+    assert madopd_envs.spec("mine/Same-v0") is replaced and replaced.source == "user code"
+    with pytest.raises(DuplicateEnvError, match="already registered by built-in"):
+        madopd_envs.register("madopd/TWX-Coin-v0", TextEnv)
+    assert madopd_envs.spec("madopd/TWX-Coin-v0").source == "built-in"
+
+
+def test_module_form_imports_the_module_then_finds_the_id():
+    from madopd_envs.registry import PluginError
+
+    assert madopd_envs.spec("madopd_envs.core:madopd/TWX-Coin-v0").id == "madopd/TWX-Coin-v0"
+    with pytest.raises(PluginError, match="importing 'no_such_bench' failed: ModuleNotFoundError"):
+        madopd_envs.spec("no_such_bench:no_such_bench/Foo-v0")
+    with pytest.raises(UnknownEnvError, match="'my_module:other/Foo-v0'"):
+        madopd_envs.spec("other/Foo-v0")

@@ -249,8 +249,22 @@ def student_forward(model: Any, batch: StepBatch, temperature: float = 1.0, hidd
         logits, h = logits
     z = logits.float() / temperature
     # gather - logsumexp: no [N, V] log_softmax is kept for the backward pass
-    token_lp = z.gather(-1, batch.targets.to(device)[:, None]).squeeze(-1) - torch.logsumexp(z, -1)
-    return StudentOutput(logits=logits, token_logprobs=token_lp, hidden=h)
+    targets = batch.targets.to(logits.device)
+    token_lp = z.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(z, -1)
+    return StudentOutput(logits=logits, token_logprobs=token_lp, hidden=h, temperature=temperature, targets=targets)
+
+
+def check_rollout_temperature(rollout: RolloutConfig, loss_temperature: float) -> None:
+    """Refuse rollouts sampled at another temperature than the loss compares the models at.
+
+    On-policy distillation trains the distribution that wrote the tokens; sampling at 0.7 and
+    matching the teacher at 1.0 trains a policy that never wrote them. (Top-p < 1 is accepted: the
+    losses compare full distributions, and the sampled-token advantage uses the student's own log-prob
+    rather than the truncated sampler's.)"""
+    if rollout.temperature != loss_temperature:
+        raise ValueError(f"rollout.temperature={rollout.temperature} differs from the method's loss temperature "
+                         f"{loss_temperature}: on-policy distillation trains the distribution that sampled; set "
+                         f"rollout.temperature and the method's temperature to the same value")
 
 
 # -- logging and checkpoints -----------------------------------------------------------------------
@@ -464,6 +478,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     method: Method = build_method(cfg.method, cfg.method_args, MethodContext(
         teachers=teachers, teacher_agents=teacher_agents, tokenizer=tokenizer, prompt=prompt,
         total_steps=cfg.steps, seed=cfg.seed, student=model))
+    check_rollout_temperature(cfg.rollout, method.cfg.temperature)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                                   weight_decay=cfg.optim.weight_decay)
@@ -506,10 +521,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         results[f"eval_{when}"] = m
         accelerator.print(f"[eval {when} step {step}] success {m['eval_success_rate']:.3f} score {m['eval_score']:.3f}")
 
-    def logged(when: str) -> bool:  # an eval a resumed run already has (the log is cut at its checkpoint)
-        return logger.path.exists() and f'"when": "{when}"' in logger.path.read_text()
+    def logged(when: str, step: int) -> bool:  # an eval a resumed run already has (its log is cut at the checkpoint)
+        return logger.path.exists() and any(
+            r.get("kind") == "eval" and r.get("when") == when and r.get("step") == step
+            for r in map(json.loads, filter(str.strip, logger.path.read_text().splitlines())))
 
-    if start == 0 and not logged("before"):
+    if start == 0 and not logged("before", 0):
         run_eval(0, "before")
     record: dict[str, Any] = {}
     try:
@@ -543,13 +560,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 scores = method.score(batch, step)
                 t_teacher += time.perf_counter() - ts
                 student = student_forward(model, batch, method.cfg.temperature, hidden=method.needs_student_hidden)
+                dev = student.logits.device  # collate and teachers give CPU tensors; the student may be on a GPU
+                batch, scores = batch.to(dev), [s.to(dev) for s in scores]
                 weights = method.token_weights(batch, scores, step).to(student.logits.device)
                 out: LossOutput = method.loss(student, scores, weights, batch, step)
                 if out.loss.requires_grad:  # a micro-batch whose weights are all zero has nothing to learn
                     accelerator.backward(out.loss)
                 loss_sum += float(out.loss.detach())
                 kl_rows.append(out.token_kl.cpu())
-                kl_traj.append(batch.row_traj)
+                kl_traj.append(batch.row_traj.cpu())
                 if ref_teacher is not None:
                     tr = time.perf_counter()
                     plain = type(method).score is Method.score and scores and scores[0].full and \
@@ -602,7 +621,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 run_eval(done, f"step{done}")  # before the checkpoint: a resume from it has every record up to it
             if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps:
                 save_checkpoint(out_dir, done, accelerator, model, tokenizer, {"seed": cfg.seed}, cfg.keep_checkpoints)
-        if not logged("after"):
+        if not logged("after", cfg.steps):
             run_eval(cfg.steps, "after")
     finally:
         collector.close()

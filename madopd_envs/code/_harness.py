@@ -297,6 +297,11 @@ def seed_random_if_used(*texts):
 # -- worker: the only process that runs the solution ------------------------------------------------
 def worker_main(sock, prelude, solution, lim):
     os.setpgid(0, 0)  # the checker kills the worker's whole group
+    try:  # when the run's memory cgroup is full, the kernel's OOM killer picks the solution first
+        with open("/proc/self/oom_score_adj", "w") as fh:
+            fh.write("1000")
+    except OSError:
+        pass
     set_limit(resource.RLIMIT_AS, lim["memory_mb"] << 20)
     resource.setrlimit(resource.RLIMIT_CPU, (lim["cpu_s"], lim["cpu_s"] + 1))
     sources = {"prompt.py": prelude, "solution.py": solution}
@@ -388,6 +393,10 @@ class SolutionError(Exception):
 
 
 # -- checker ----------------------------------------------------------------------------------------
+ZYGOTE_GONE = ("Your code killed the sandbox's process that starts it (its parent); no further process for your "
+               "code can start, so the remaining tests fail.")
+
+
 class Checker:
     def __init__(self, ctl, lim, deadline):
         self.ctl = ctl
@@ -405,8 +414,14 @@ class Checker:
         """Start a fresh worker; False if the solution cannot be loaded."""
         if self.load_error is not None:
             return False
-        self.ctl.sendall(b"S")
-        data, anc, _, _ = self.ctl.recvmsg(5, _socket.CMSG_LEN(4))
+        try:
+            self.ctl.sendall(b"S")
+            data, anc, _, _ = self.ctl.recvmsg(5, _socket.CMSG_LEN(4))
+        except OSError:
+            data, anc = b"", []
+        if len(data) < 5:  # the zygote is gone: the solution can kill it (same uid, its parent)
+            self.load_error = ZYGOTE_GONE
+            return False
         (pid,) = struct.unpack("!i", data[1:5])
         fds = [struct.unpack("i", d[:4])[0] for lvl, typ, d in anc if typ == _socket.SCM_RIGHTS and len(d) >= 4]
         if pid < 0 or not fds:
@@ -442,7 +457,11 @@ class Checker:
             pass
         if not select.select([self.ctl], [], [], 5.0)[0]:
             return "did not stop"
-        _, status = struct.unpack("!ii", recv_exact_sock(self.ctl, 9)[1:9])
+        try:
+            _, status = struct.unpack("!ii", recv_exact_sock(self.ctl, 9)[1:9])
+        except (EOFError, OSError):
+            self.load_error = ZYGOTE_GONE
+            return "ended, and it had killed the sandbox's process that starts it (its parent)"
         return describe_status(status, killed)
 
     def _read(self, n, deadline, during):
@@ -555,7 +574,7 @@ def checker_main(verdict_fd):
     started = time.monotonic()
     part1 = marshal.loads(read_exact(0, n1))
     lim = part1["limits"]
-    set_limit(resource.RLIMIT_CORE, 0)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core dumps (set_limit skips a 0)
     set_limit(resource.RLIMIT_NOFILE, lim["nofile"])
     set_limit(resource.RLIMIT_FSIZE, lim["fsize_mb"] << 20)
     set_limit(resource.RLIMIT_NPROC, lim["nproc"])  # inside the user namespace: counted per sandbox

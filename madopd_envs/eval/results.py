@@ -76,6 +76,7 @@ class EpisodeRecord:
     error_kind: str | None = None  # "env", "agent raised", "agent output", "agent timeout"
     attempts: int = 1
     first_error: str | None = None  # the error of a first attempt that was retried
+    sandboxed: bool | None = None  # code envs: every code run was isolated (None: the env runs no code)
     versions: dict[str, str] = field(default_factory=dict)
     source: str = ""  # where the task came from (generated / official data and its path, catalogue hash)
     trajectory: list[StepRecord] = field(default_factory=list)
@@ -213,6 +214,12 @@ def metrics(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def sandboxed(records: Iterable[dict[str, Any]]) -> bool | None:
+    """False if any record's code ran unisolated, True if all code runs were isolated, None without code."""
+    flags = [r["sandboxed"] for r in records if r.get("sandboxed") is not None]
+    return all(flags) if flags else None
+
+
 def _round(x: float) -> float | None:
     return None if math.isnan(x) else round(x, 6)
 
@@ -233,7 +240,7 @@ def summarize(records: list[dict[str, Any]], *, agent: str, leaderboard: str | N
     envs = {}
     for env_id in sorted(by_env):
         rs = by_env[env_id]
-        entry = {**metrics(rs), "split": rs[0]["split"], "family": rs[0]["family"]}
+        entry = {**metrics(rs), "split": rs[0]["split"], "family": rs[0]["family"], "sandboxed": sandboxed(rs)}
         types: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for r in rs:
             if r.get("task_type"):
@@ -251,6 +258,7 @@ def summarize(records: list[dict[str, Any]], *, agent: str, leaderboard: str | N
         **{k: overall[k] for k in ("success_rate", "stderr", "mean_score", "score_stderr", "invalid_action_rate",
                                    "invalid_format_rate", "errored")},
         "errors": error_kinds(records),
+        "sandboxed": sandboxed(records),
         "overall": overall,
         "envs": envs,
         "versions": versions,

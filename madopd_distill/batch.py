@@ -14,7 +14,7 @@ full step's reduction, whatever the micro-batch size.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Iterator, Literal, Sequence
 
 import torch
@@ -82,6 +82,11 @@ class StepBatch:
     @property
     def num_rows(self) -> int:
         return int(self.rows.shape[0])
+
+    def to(self, device: torch.device | str) -> StepBatch:
+        """The same batch with every tensor on ``device`` (the student's; collate builds on the CPU)."""
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)
+                                if isinstance(getattr(self, f.name), torch.Tensor)})
 
     def teacher_requests(self) -> list[ScoreRequest]:
         """What the teacher scores: each sample's own sequence, or its privileged teacher sequence."""

@@ -17,6 +17,15 @@ position); reductions and weights are the caller's (see :mod:`madopd_distill.bat
 - ``sampled_token_advantage`` = ``coef * (log p_T(y) - log p_S(y))`` on the sampled token only:
   the per-token advantage of tinker-cookbook's OPD and TCOD, a one-sample estimate of -KL(S||T).
 
+**Temperature.** ``temperature`` divides the logits of *both* models before the softmax, so an exact
+copy of the student as teacher gives zero divergence and zero gradient at any temperature. A sparse
+teacher's top-k log-probs are at temperature 1: dividing them by ``tau`` and renormalising over the k
+tokens is exact (``renorm``); the remainder mass at ``tau != 1`` is unknown, so ``remainder`` refuses it.
+
+**-inf entries** (padded top-k slots, a token both models rule out) count as absent: the terms are
+masked *before* any arithmetic that would give ``-inf - -inf``, since ``torch.where`` still sends
+gradient through the branch it did not pick (0 x NaN = NaN).
+
 **Memory.** :class:`ChunkedDivergence` computes the full-vocabulary divergence chunk by chunk
 and its analytic gradient in the same pass, so no more than one chunk of softmax is alive at a time
 and backward is one in-place multiply: peak = the two input logit tensors + one gradient buffer
@@ -37,7 +46,10 @@ KINDS: tuple[str, ...] = ("forward_kl", "reverse_kl", "jsd")
 def _kl(p_logp: torch.Tensor, q_logp: torch.Tensor) -> torch.Tensor:
     """KL(P || Q) over the last dim from log-probs; 0 log 0 = 0 (padded -inf entries are fine)."""
     p = p_logp.exp()
-    return torch.where(p > 0, p * (p_logp - q_logp), torch.zeros_like(p)).sum(-1)
+    present = p > 0
+    # Zero both logs where P has no mass, so -inf - -inf never happens (not even in the unused branch).
+    diff = torch.where(present, p_logp, 0.0) - torch.where(present, q_logp, 0.0)
+    return (p * diff).sum(-1)
 
 
 def forward_kl(student_logp: torch.Tensor, teacher_logp: torch.Tensor) -> torch.Tensor:
@@ -57,7 +69,10 @@ def generalized_jsd(student_logp: torch.Tensor, teacher_logp: torch.Tensor, beta
         return forward_kl(student_logp, teacher_logp)
     if beta == 1.0:
         return reverse_kl(student_logp, teacher_logp)
-    log_m = torch.logaddexp(student_logp + math.log1p(-beta), teacher_logp + math.log(beta))
+    # Where both are -inf, M is -inf too; logaddexp(-inf, -inf)'s gradient is NaN, so compute it on zeros there.
+    none = torch.isneginf(student_logp) & torch.isneginf(teacher_logp)
+    log_m = torch.logaddexp(student_logp.masked_fill(none, 0.0) + math.log1p(-beta),
+                            teacher_logp.masked_fill(none, 0.0) + math.log(beta)).masked_fill(none, -math.inf)
     return beta * _kl(teacher_logp, log_m) + (1.0 - beta) * _kl(student_logp, log_m)
 
 
@@ -103,16 +118,25 @@ def topk_logprobs(student_logits: torch.Tensor, topk_ids: torch.Tensor, teacher_
     holds all the mass). ``renorm``: both renormalised over the k tokens (MAD-OPD's ``jsd_top_k``).
     Padded top-k entries (teacher log-prob ``-inf``) count as absent.
 
+    ``temperature`` applies to both models: the teacher's (temperature-1) top-k log-probs are divided
+    by it too, which is exact after ``renorm``; ``remainder`` needs temperature 1 (see the module docstring).
+    Teacher tensors are moved to the student's device.
+
     Only a gather and a logsumexp touch the full-vocabulary student logits, so memory stays ``[N, K]``
     beyond the input.
     """
     if mode not in ("remainder", "renorm"):
         raise ValueError(f"top-k mode is 'remainder' or 'renorm', got {mode!r}")
+    if mode == "remainder" and temperature != 1.0:
+        raise ValueError(f"a top-k teacher's log-probs are at temperature 1 and the mass outside its top-k at "
+                         f"temperature {temperature} is unknown: use topk_mode='renorm' or temperature=1")
+    topk_ids = topk_ids.to(student_logits.device)
+    teacher_topk_logp = teacher_topk_logp.to(student_logits.device)
     z = student_logits / temperature if temperature != 1.0 else student_logits
     s_top = z.gather(-1, topk_ids) - torch.logsumexp(z, -1, keepdim=True)
-    absent = torch.isinf(teacher_topk_logp) & (teacher_topk_logp < 0)
+    absent = torch.isneginf(teacher_topk_logp)
     s_top = s_top.masked_fill(absent, -math.inf)
-    t_top = teacher_topk_logp
+    t_top = teacher_topk_logp / temperature if temperature != 1.0 else teacher_topk_logp
     if mode == "renorm":
         return (s_top - torch.logsumexp(s_top, -1, keepdim=True), t_top - torch.logsumexp(t_top, -1, keepdim=True))
     s_rest = _log1mexp(torch.logsumexp(s_top, -1, keepdim=True))
@@ -121,8 +145,19 @@ def topk_logprobs(student_logits: torch.Tensor, topk_ids: torch.Tensor, teacher_
 
 
 def sampled_token_advantage(teacher_logp: torch.Tensor, student_logp: torch.Tensor, coef: float = 1.0) -> torch.Tensor:
-    """``coef * (log p_T(y_t) - log p_S(y_t))`` per sampled token (tinker-cookbook / TCOD advantage)."""
-    return coef * (teacher_logp - student_logp)
+    """``coef * (log p_T(y_t) - log p_S(y_t))`` per sampled token (tinker-cookbook / TCOD advantage).
+
+    Both log-probs must describe the same kind of distribution -- the same temperature, no top-p
+    truncation on one side only -- or an exact copy of the student gets a non-zero advantage."""
+    return coef * (teacher_logp.to(student_logp.device) - student_logp)
+
+
+def tempered_token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``[N]`` ``log softmax(logits / temperature)[targets]``: a full-distribution model's log-prob of each
+    sampled token at the loss temperature (no ``[N, V]`` log-softmax is kept)."""
+    z = logits.float() / temperature if temperature != 1.0 else logits.float()
+    targets = targets.to(z.device)
+    return z.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(z, -1)
 
 
 # -- full vocabulary, chunked, analytic gradient ---------------------------------------------------
@@ -162,14 +197,14 @@ class ChunkedDivergence(torch.autograd.Function):
                     grad[i:j] = (ps - pt).div_(temperature)
                 continue
             if beta == 1.0:
-                r = ls - lt
+                r = torch.where(ps > 0, ls - lt, 0.0)  # a token both models rule out: -inf - -inf
                 out[i:j] = torch.where(ps > 0, ps * r, 0.0).sum(-1)
             else:
                 log_m = torch.logaddexp(ls + l1b, lt + lb)
                 pt = lt.exp()
                 out[i:j] = (beta * torch.where(pt > 0, pt * (lt - log_m), 0.0).sum(-1)
                             + (1 - beta) * torch.where(ps > 0, ps * (ls - log_m), 0.0).sum(-1))
-                r = (ls - log_m).mul_(1 - beta)
+                r = torch.where(ps > 0, ls - log_m, 0.0).mul_(1 - beta)
                 del log_m, pt
             if want_grad:
                 mean = (ps * r).sum(-1, keepdim=True)
@@ -198,7 +233,7 @@ def chunked_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tenso
         raise ValueError("temperature must be > 0 and chunk_size >= 1")
     lead = student_logits.shape[:-1]
     s = student_logits.reshape(-1, student_logits.shape[-1])
-    t = teacher_logits.detach().reshape(-1, teacher_logits.shape[-1])
+    t = teacher_logits.detach().to(student_logits.device).reshape(-1, teacher_logits.shape[-1])
     return ChunkedDivergence.apply(s, t, float(beta), float(temperature), int(chunk_size)).reshape(lead)
 
 
@@ -206,5 +241,5 @@ def logits_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor
                       beta: float = 0.5, temperature: float = 1.0) -> torch.Tensor:
     """The plain (autograd) path: ``log_softmax`` both, then :func:`divergence`. Reference for the chunked one."""
     s = torch.log_softmax(student_logits / temperature, -1)
-    t = torch.log_softmax(teacher_logits.detach() / temperature, -1)
+    t = torch.log_softmax(teacher_logits.detach().to(student_logits.device) / temperature, -1)
     return divergence(s, t, kind, beta)

@@ -104,6 +104,11 @@ class TokenScores:
 
         return TokenScores(join("token_logprobs"), join("logits"), join("topk_ids"), join("topk_logprobs"))
 
+    def to(self, device: torch.device | str) -> TokenScores:
+        """The same scores on ``device`` (the student's: the loss mixes them with its tensors)."""
+        move = lambda x: None if x is None else x.to(device)  # noqa: E731
+        return TokenScores(move(self.token_logprobs), move(self.logits), move(self.topk_ids), move(self.topk_logprobs))
+
     def select(self, rows: torch.Tensor | slice) -> TokenScores:
         pick = lambda x: None if x is None else x[rows]  # noqa: E731
         return TokenScores(self.token_logprobs[rows], pick(self.logits), pick(self.topk_ids), pick(self.topk_logprobs))
@@ -214,8 +219,9 @@ class HFTeacher:
             ids, att = _pad(chunk, self.pad_id)
             rows, cols = _rows(chunk)
             dev = next(self.model.parameters()).device
-            logits = causal_lm_logits(self.model, ids.to(dev), att.to(dev), rows, cols).float().cpu()
-            targets = ids[rows, cols]
+            # Left on the teacher's device (the loop moves scores to the student's): no [N, V] round trip.
+            logits = causal_lm_logits(self.model, ids.to(dev), att.to(dev), rows, cols).float()
+            targets = ids[rows, cols].to(dev)
             lp = torch.log_softmax(logits, -1)
             tok = lp.gather(-1, targets[:, None]).squeeze(-1)
             if top_k is None:

@@ -156,11 +156,15 @@ class StudentOutput:
         token_logprobs: ``[N]`` log p_S(target) at ``temperature``, with grad.
         hidden: ``[N, H]`` the student's last hidden state at the rows (the position that predicts
             each target), only when the method sets ``needs_student_hidden`` (FusionRoute's head).
+        temperature: the loss temperature ``token_logprobs`` are at (teachers are compared at it too).
+        targets: ``[N]`` the sampled token of each row (to score a full teacher at ``temperature``).
     """
 
     logits: torch.Tensor
     token_logprobs: torch.Tensor
     hidden: torch.Tensor | None = None
+    temperature: float = 1.0
+    targets: torch.Tensor | None = None
 
 
 @dataclass
@@ -181,7 +185,21 @@ class LossOutput:
 
 def reduce_rows(per_row: torch.Tensor, weights: torch.Tensor, batch: StepBatch) -> torch.Tensor:
     """``sum(reduce_weight * weights * per_row)``: the micro-batch's share of the step's loss."""
-    return (batch.reduce_weight.to(per_row.dtype) * weights.to(per_row.dtype) * per_row).sum()
+    like = dict(device=per_row.device, dtype=per_row.dtype)
+    return (batch.reduce_weight.to(**like) * weights.to(**like) * per_row).sum()
+
+
+def teacher_token_logprobs(student: StudentOutput, scores: TokenScores) -> torch.Tensor:
+    """``[N]`` the teacher's log-prob of each sampled token at the student's (loss) temperature, on the
+    student's device. A teacher's ``token_logprobs`` are at temperature 1; at another temperature they
+    are recomputed from its full logits (a top-k teacher cannot give them: refused)."""
+    like = dict(device=student.token_logprobs.device, dtype=student.token_logprobs.dtype)
+    if student.temperature == 1.0:
+        return scores.token_logprobs.to(**like)
+    if scores.logits is None or student.targets is None:
+        raise ValueError(f"a top-k teacher's sampled-token log-probs are at temperature 1, not the loss temperature "
+                         f"{student.temperature}: set the method's temperature to 1 or use a full-distribution teacher")
+    return D.tempered_token_logprobs(scores.logits, student.targets, student.temperature).to(**like)
 
 
 def row_divergence(student: StudentOutput, scores: TokenScores, batch: StepBatch, cfg: MethodConfig,
@@ -195,9 +213,13 @@ def row_divergence(student: StudentOutput, scores: TokenScores, batch: StepBatch
     kind = kind or cfg.divergence
     beta = cfg.beta if beta is None else beta
     if kind == "sampled_token":
-        # The advantage uses the sampler's log-probs (what was actually sampled), as tinker does.
-        old = batch.sampler_logprobs.to(student.token_logprobs.dtype)
-        adv = D.sampled_token_advantage(scores.token_logprobs.to(old.dtype), old, cfg.kl_coef).detach()
+        # The advantage compares teacher and student at the loss temperature, both on the full
+        # distribution. Tinker uses the sampler's log-prob for the student's side, which is the same
+        # number only when rollouts sample at that temperature without top-p: with top_p 0.9 an exact
+        # copy of the student got -0.1 on every token. The sampler's log-probs enter the importance ratio.
+        old = batch.sampler_logprobs.to(student.token_logprobs.device, student.token_logprobs.dtype)
+        adv = D.sampled_token_advantage(teacher_token_logprobs(student, scores), student.token_logprobs.detach(),
+                                        cfg.kl_coef).detach()
         ratio = torch.exp(student.token_logprobs - old)
         surrogate = ratio * adv
         if cfg.clip_ratio is not None:
@@ -217,8 +239,12 @@ def row_divergence(student: StudentOutput, scores: TokenScores, batch: StepBatch
 def sampled_kl(student: StudentOutput, scores: TokenScores) -> torch.Tensor:
     """``[N]`` detached ``log p_S(y) - log p_T(y)`` on the sampled tokens: the one-sample estimate of
     KL(S||T) every method logs (whatever its loss), so runs stay comparable. Summed over a
-    trajectory's student tokens it is TCOD's trajectory-level KL."""
-    return (student.token_logprobs.detach() - scores.token_logprobs.to(student.token_logprobs.dtype)).detach()
+    trajectory's student tokens it is TCOD's trajectory-level KL. Both sides at the loss temperature
+    (at temperature 1 for a top-k teacher, which has no other)."""
+    if student.temperature != 1.0 and scores.logits is None and student.targets is not None:
+        plain = D.tempered_token_logprobs(student.logits.detach(), student.targets)
+        return (plain - scores.token_logprobs.to(plain.device, plain.dtype)).to(student.token_logprobs.dtype)
+    return (student.token_logprobs.detach() - teacher_token_logprobs(student, scores)).detach()
 
 
 class Method:

@@ -56,18 +56,22 @@ def register_all(register: Callable[..., Any]) -> None:
     )
 
     # -- ScienceWorld: 30 science tasks, 7207 variations, official train/dev/test variation splits --
-    from madopd_envs.scienceworld.tasks import TASKS as _SW_TASKS  # a table: no engine import
+    from madopd_envs.scienceworld.tasks import STEP_LIMITS as _SW_LIMITS  # tables: no engine import
+    from madopd_envs.scienceworld.tasks import TASKS as _SW_TASKS
 
     register(
         "madopd/ScienceWorld-v0",
         "madopd_envs.scienceworld.env:ScienceWorldEnv",
-        max_episode_steps=100,
+        max_episode_steps=max(_SW_LIMITS.values()),  # a cap: each episode ends at its task's own limit
         card=EnvCard(
             family="scienceworld",
             splits={s: sum(v[i] for v in _SW_TASKS.values()) for i, s in enumerate(("train", "valid", "test"), start=1)},
             metrics=("raw_score: engine score 0-100, -100 once the task failed (failure ends the episode); "
                      "score: max(raw_score, 0)/100, i.e. failure counts as 0 (published averages that keep -100 "
-                     "are lower); won: task completed (score 100)"),
+                     "are lower); won: task completed (score 100). Step limit per task: "
+                     "max(100, 10 * ceil(1.25 * longest gold path / 10)) over all its variations "
+                     f"(scienceworld.tasks.STEP_LIMITS: {min(_SW_LIMITS.values())}-{max(_SW_LIMITS.values())}; "
+                     f"{sum(v == 100 for v in _SW_LIMITS.values())} of 30 tasks keep the paper's 100)"),
             extra="scienceworld",
             requires=("scienceworld",),
             license="ScienceWorld engine and tasks: Apache-2.0 (allenai/ScienceWorld, PyPI scienceworld==1.2.3)",

@@ -8,12 +8,18 @@ Each engine object starts its own JVM through py4j. Three things go wrong withou
   kills, and an ``atexit`` hook stops every engine still running when Python exits;
 - crashes: a JVM that dies (killed, out of memory) surfaces as an opaque py4j network error;
   ``crash_error`` turns it into :class:`EngineCrashed`, which says what happened and what to do.
+  py4j itself then logs a traceback for every retry and every later call (hundreds of lines), and
+  its ``send_command`` logs through the *root* logger (``logging.info``/``logging.exception``), whose
+  first use configures the root logger of the user's process (``basicConfig``). ``start_engine``
+  therefore routes those calls to py4j's own logger and keeps that logger quiet unless the user
+  configured it (:func:`quiet_py4j_logging`): a crash reads as one line, the ``EngineCrashed`` message.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 import shutil
 import subprocess
@@ -54,8 +60,38 @@ def java_options(options: str | None = DEFAULT_JAVA_OPTIONS) -> Iterator[None]:
 _LIVE: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
+class _Py4JRootCalls:
+    """Stands in for the ``logging`` module inside ``py4j.java_gateway``: its root-level calls go to
+    the ``py4j.java_gateway`` logger instead, so they never configure or write to the root logger."""
+
+    def __init__(self) -> None:
+        self._logger = logging.getLogger("py4j.java_gateway")
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("debug", "info", "warning", "error", "exception", "critical", "log"):
+            return getattr(self._logger, name)
+        return getattr(logging, name)
+
+
+def quiet_py4j_logging() -> None:
+    """Keep py4j's logging out of the user's root logger (idempotent; see the module docstring).
+
+    The ``py4j`` logger gets a ``NullHandler`` and stops propagating, unless the user already gave it
+    a handler or a level (then it is theirs and left as it is); ``propagate = True`` turns it back on.
+    """
+    import py4j.java_gateway as gateway
+
+    if not isinstance(getattr(gateway, "logging", None), _Py4JRootCalls):
+        gateway.logging = _Py4JRootCalls()
+    py4j_logger = logging.getLogger("py4j")
+    if not py4j_logger.handlers and py4j_logger.level == logging.NOTSET:
+        py4j_logger.addHandler(logging.NullHandler())
+        py4j_logger.propagate = False
+
+
 def start_engine(factory: Callable[[], E], options: str | None = DEFAULT_JAVA_OPTIONS) -> E:
     """Build an engine (``factory()`` launches its JVM) with ``options`` and track it for exit."""
+    quiet_py4j_logging()
     if shutil.which("java") is None:
         raise RuntimeError("This engine runs on the JVM, and no `java` is on PATH. Install a Java 8+ runtime, "
                            "e.g. `apt-get install openjdk-17-jre-headless`.")

@@ -11,6 +11,11 @@ Scores follow the engine: ``raw_score`` is its 0-100 progress, or -100 once the 
 (e.g. the agent focused on the wrong object); ``score = max(raw_score, 0) / 100``; ``won`` is the
 engine's completion flag on a task that did not fail (the score is then 100). A failed task ends the
 episode, like the upstream API.
+
+**Step limits.** Each task has its own limit, set by one rule over the longest gold path of all its
+variations (``tasks.STEP_LIMITS``; 100 -- the paper's limit -- where the gold paths fit it), so that
+every variation can be won; ``max_episode_steps`` caps it further (``max_episode_steps=100`` gives the
+paper's fixed limit). ``info["expert_action"]`` is ``None`` once an episode has ended.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from madopd_envs.scienceworld.tasks import (
     parse_simplifications,
     parse_task_id,
     split_of,
+    step_limit,
     task_ids,
     variations,
 )
@@ -75,6 +81,8 @@ class ScienceWorldEnv(TextEnv):
         java_options: ``JAVA_TOOL_OPTIONS`` for the engine's JVM. The default caps the heap at 384 MB
             and makes loads deterministic (see ``JAVA_OPTIONS``); ``madopd_envs.jvm.DEFAULT_JAVA_OPTIONS``
             gives the engine's native, load-order-dependent behaviour.
+        task_step_limits: end each episode at its task's limit (``tasks.STEP_LIMITS``), or at
+            ``max_episode_steps`` when that is lower; ``False``: ``max_episode_steps`` alone.
         **kwargs: ``split``, ``expert``, ``max_episode_steps``... (see :class:`TextEnv`).
     """
 
@@ -88,9 +96,13 @@ class ScienceWorldEnv(TextEnv):
         simplification: str | Iterable[str] | None = None,
         admissible: bool = True,
         java_options: str | None = JAVA_OPTIONS,
+        task_step_limits: bool = True,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        # max_episode_steps becomes the current episode's limit at each reset; this is the cap.
+        self.step_cap = self.max_episode_steps
+        self.task_step_limits = task_step_limits
         names = [tasks] if isinstance(tasks, str) else list(tasks or TASKS)
         if not names:
             raise ValueError("ScienceWorldEnv: tasks is empty; give task names or None for all 30")
@@ -177,6 +189,8 @@ class ScienceWorldEnv(TextEnv):
         simplification = self._episode_simplification
         if is_electrical(task) and "noElectricalAction" in simplification.split(","):
             raise ValueError(f"{task} needs electrical actions; it cannot run with noElectricalAction")
+        limits = [x for x in (self.step_cap, step_limit(task) if self.task_step_limits else None) if x is not None]
+        self.max_episode_steps = min(limits) if limits else None
         server = self._engine_or_start().server
         try:
             # load() builds the world from the variation's seed (and, to make the gold path, plays a
@@ -214,14 +228,22 @@ class ScienceWorldEnv(TextEnv):
         except Py4JError as e:
             raise self._crashed(e) from e
         failed = raw < 0
-        # Still on the gold path only while every action so far was the gold one.
+        # Still on the gold path only while every action so far was the gold one, and the episode runs.
         on_path = self._gold_pos < len(self._gold) and action == self._gold[self._gold_pos]
         self._gold_pos = self._gold_pos + 1 if on_path else len(self._gold)
+        if completed or failed or (self.max_episode_steps is not None and self._steps >= self.max_episode_steps):
+            self._gold_pos = len(self._gold)  # ended (won, failed or truncated): no next expert action
         score = max(raw, 0) / 100
         reward, self._score = score - self._score, score  # rewards sum to the final score
         info = self._info(raw, won=completed and not failed, listed=listed)
         info["action_valid"] = not obs.startswith(UNPARSED_PREFIXES)
         return obs, reward, completed or failed, info
+
+    def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = super().step(action)
+        if (terminated or truncated) and "expert_action" in info:
+            info["expert_action"] = None  # also after an invalid last action, whose info is the previous one
+        return obs, reward, terminated, truncated, info
 
     def _info(self, raw: int, *, won: bool, listed: list[str] | None) -> dict[str, Any]:
         return {

@@ -13,6 +13,7 @@ Task ids are ``"<task name>/<variation>"``, e.g. ``"boil/17"``; our split names 
 from __future__ import annotations
 
 import difflib
+import math
 from typing import Any, Iterable
 
 # name -> (paper id, #train, #dev, #test), in the paper's order (topic 1-1 ... 10-2).
@@ -50,6 +51,67 @@ TASKS: dict[str, tuple[str, int, int, int]] = {
 }
 
 SPLITS = ("train", "valid", "test")
+
+# -- step limits ---------------------------------------------------------------------------------
+# The paper's protocol caps every episode at 100 steps, but the engine's gold paths of some tasks are
+# longer (hundreds of steps): those variations could not be won at all. Each task's limit instead
+# follows one rule over the longest gold path of all its variations (every split), measured with
+# ``python -m madopd_envs.scienceworld.goldpaths`` (the engine's paths under this package's JVM options):
+#
+#     limit(task) = max(100, 10 * ceil(1.25 * longest_gold(task) / 10))
+#
+# i.e. the paper's 100 where the gold paths fit it with a quarter to spare, else 25% above the longest
+# gold path, rounded up to a multiple of 10.
+STEP_LIMIT_FLOOR = 100
+STEP_LIMIT_SLACK = 1.25
+
+
+def step_limit_rule(longest_gold: int) -> int:
+    """The step limit of a task whose longest gold path has ``longest_gold`` actions (see above)."""
+    return max(STEP_LIMIT_FLOOR, 10 * math.ceil(STEP_LIMIT_SLACK * longest_gold / 10))
+
+
+# The longest gold path over all variations of each task (train, dev and test), as measured above.
+LONGEST_GOLD: dict[str, int] = {
+    "boil": 164,
+    "melt": 132,
+    "freeze": 125,
+    "change-the-state-of-matter-of": 114,
+    "use-thermometer": 24,
+    "measure-melting-point-known-substance": 31,
+    "measure-melting-point-unknown-substance": 96,
+    "power-component": 9,
+    "power-component-renewable-vs-nonrenewable-energy": 11,
+    "test-conductivity": 15,
+    "test-conductivity-of-unknown-substances": 19,
+    "find-living-thing": 16,
+    "find-non-living-thing": 7,
+    "find-plant": 12,
+    "find-animal": 16,
+    "grow-plant": 69,
+    "grow-fruit": 83,
+    "chemistry-mix": 19,
+    "chemistry-mix-paint-secondary-color": 7,
+    "chemistry-mix-paint-tertiary-color": 14,
+    "lifespan-longest-lived": 4,
+    "lifespan-shortest-lived": 4,
+    "lifespan-longest-lived-then-shortest-lived": 5,
+    "identify-life-stages-1": 42,
+    "identify-life-stages-2": 12,
+    "inclined-plane-determine-angle": 76,
+    "inclined-plane-friction-named-surfaces": 111,
+    "inclined-plane-friction-unnamed-surfaces": 192,
+    "mendelian-genetics-known-plant": 150,
+    "mendelian-genetics-unknown-plant": 145,
+}
+
+STEP_LIMITS: dict[str, int] = {t: step_limit_rule(n) for t, n in LONGEST_GOLD.items()}
+
+
+def step_limit(task: str) -> int:
+    """The step limit of ``task`` (see ``STEP_LIMITS``)."""
+    return STEP_LIMITS[check_task(task)]
+
 ENGINE_FOLD = {"train": "train", "valid": "dev", "test": "test"}
 
 # The engine's simplifications; "easy" is its preset of all of them that suit the task (it keeps

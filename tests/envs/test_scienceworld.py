@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 
 import psutil
 import pytest
@@ -15,11 +18,14 @@ import pytest
 import madopd_envs
 from madopd_envs.jvm import EngineCrashed, child_jvms, java_process
 from madopd_envs.scienceworld.tasks import (
+    LONGEST_GOLD,
+    STEP_LIMITS,
     TASKS,
     check_with_engine,
     parse_simplifications,
     parse_task_id,
     split_of,
+    step_limit_rule,
     task_ids,
     variations,
 )
@@ -27,6 +33,7 @@ from madopd_envs.scienceworld.tasks import (
 pytest.importorskip("scienceworld")
 
 SHORT = "lifespan-longest-lived/93"  # a test variation whose gold path is 4 actions
+LONG = "boil/22"  # a test variation whose gold path (162 actions; won after more than 100) exceeds the paper's 100 steps
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +53,16 @@ def test_table_holds_30_tasks_and_7207_contiguous_variations():
         tr, dv, te = (variations(task, s) for s in ("train", "valid", "test"))
         assert tr.start == 0 and tr.stop == dv.start and dv.stop == te.start
     assert split_of("boil", 13) == "train" and split_of("boil", 14) == "valid" and split_of("boil", 29) == "test"
+
+
+def test_every_task_has_a_step_limit_that_its_longest_gold_path_fits():
+    assert set(LONGEST_GOLD) == set(TASKS) == set(STEP_LIMITS)
+    for task, longest in LONGEST_GOLD.items():
+        assert STEP_LIMITS[task] == step_limit_rule(longest) >= max(100, longest), task
+    assert LONGEST_GOLD["boil"] > 100  # the paper's fixed 100 steps cannot win every variation
+    spec = madopd_envs.spec("madopd/ScienceWorld-v0")
+    assert spec.max_episode_steps == max(STEP_LIMITS.values())  # the eval's cap; each task ends at its own
+    assert "max(100, 10 * ceil(1.25 * longest gold path / 10))" in spec.card.metrics
 
 
 def test_bad_task_ids_and_simplifications_fail_in_words():
@@ -98,6 +115,35 @@ def test_gold_path_expert_wins_with_full_score(env):
     assert info["won"] and info["score"] == 1.0 and info["raw_score"] == 100.0
     assert total == pytest.approx(1.0)  # rewards are score deltas
     assert steps <= 4
+    assert info["expert_action"] is None  # the episode is over: no next action (was a stale "wait1")
+
+
+def test_expert_wins_a_gold_path_longer_than_100_steps_within_the_task_limit(env):
+    env.admissible = False  # 102 steps: skip the listing
+    try:
+        _, info = env.reset(options={"task_id": LONG})
+        assert env.max_episode_steps == STEP_LIMITS["boil"] > 100
+        steps, term, trunc = 0, False, False
+        while not (term or trunc):
+            _, _, term, trunc, info = env.step(info["expert_action"])
+            steps += 1
+    finally:
+        env.admissible = True
+    assert info["won"] and not trunc and steps > 100
+    assert info["expert_action"] is None
+
+
+def test_step_limit_cap_truncates_and_withdraws_the_expert(env):
+    cap, env.step_cap = env.step_cap, 2  # as make(..., max_episode_steps=2)
+    try:
+        _, info = env.reset(options={"task_id": SHORT})
+        assert env.max_episode_steps == 2  # min(the cap, the task's limit)
+        _, _, term, trunc, info = env.step(info["expert_action"])
+        assert not (term or trunc) and info["expert_action"]
+        _, _, term, trunc, info = env.step(info["expert_action"])
+        assert trunc and not term and info["expert_action"] is None
+    finally:
+        env.step_cap = cap
 
 
 def test_failure_is_minus_100_raw_zero_score_and_ends_the_episode(env):
@@ -176,6 +222,34 @@ def test_crashed_jvm_is_reported_and_replaced_on_reset(env):
     assert "greenhouse" in obs and java_process(env._engine).pid != proc.pid
     _, _, _, _, info = env.step(info["expert_action"])
     assert info["action_valid"]
+
+
+CRASH_SCRIPT = textwrap.dedent("""
+    import logging, os, signal
+    import madopd_envs
+    from madopd_envs.jvm import EngineCrashed, java_process
+    e = madopd_envs.make("madopd/ScienceWorld-v0", split="test", admissible=False)
+    e.reset(options={"task_id": "%s"})
+    proc = java_process(e._engine)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    try:
+        e.step("look around")
+    except EngineCrashed as exc:
+        print("CRASH", exc)
+    e.close()
+    print("ROOT", logging.getLogger().handlers)
+""" % SHORT)
+
+
+def test_a_jvm_crash_is_one_line_and_leaves_the_root_logger_alone():
+    # A fresh interpreter: pytest configures the root logger of its own process.
+    out = subprocess.run([sys.executable, "-c", CRASH_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stderr == ""  # py4j printed ~190 lines of tracebacks here
+    lines = out.stdout.splitlines()
+    assert len([ln for ln in lines if ln.startswith("CRASH")]) == 1 and "exited with code -9" in lines[0]
+    assert lines[-1] == "ROOT []"  # py4j's logging.info() used to basicConfig() the user's root logger
 
 
 def test_close_is_idempotent_and_ends_the_jvm(env):  # last user of the module's env

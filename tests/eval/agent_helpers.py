@@ -48,3 +48,66 @@ class WorkerKillingExpert(ExpertAgent):
                 for pid in worker_pids():
                     os.kill(pid, signal.SIGKILL)
         return super().act(conversations, sampling, infos)
+
+
+class MisbehavingAgent(ExpertAgent):
+    """The expert, except on the tasks named in ``behave``: ``{task_id: [mode, times]}`` misbehaves ``times``
+    times (-1: always) at the second step of that task (after one step: the retry's reset then follows a
+    played step, as most failures do). Modes: ``raise`` (act raises), ``none`` / ``str`` /
+    ``int_text`` (that conversation's output is None, a bare str, an ActionOutput whose text is an int),
+    ``act_none`` (act returns None for the whole batch), ``hang`` (act sleeps ``hang_s``).
+
+    With ``$MADOPD_TEST_FIXED`` set it behaves: a fixed agent for ``--retry-errored``.
+    """
+
+    def __init__(self, name: str = "misbehaving", behave: dict[str, list] | None = None, hang_s: float = 30.0):
+        super().__init__(name=name)
+        self.behave = {k: list(v) for k, v in (behave or {}).items()}
+        self.hang_s = float(hang_s)
+
+    def act(self, conversations, sampling, infos=None):
+        from madopd_agents.base import ActionOutput
+
+        outs = super().act(conversations, sampling, infos)
+        if os.environ.get("MADOPD_TEST_FIXED"):
+            return outs
+        due = []
+        for k, info in enumerate(infos):
+            mode_times = self.behave.get(info["task_id"])
+            if info.get("step") == 1 and mode_times and mode_times[1] != 0:
+                due.append((k, mode_times))
+        # A whole-batch misbehaviour first, alone: a per-conversation one is only used up when delivered.
+        for k, mode_times in due:
+            if mode_times[0] in ("raise", "act_none", "hang"):
+                mode_times[1] -= 1
+                if mode_times[0] == "raise":
+                    raise RuntimeError(f"CUDA out of memory (simulated) on {infos[k]['task_id']}")
+                if mode_times[0] == "act_none":
+                    return None
+                time.sleep(self.hang_s)
+                return outs
+        for k, mode_times in due:
+            mode_times[1] -= 1
+            outs[k] = {"none": None, "str": "look", "int_text": ActionOutput(text=42)}[mode_times[0]]
+        return outs
+
+
+class DiskFillingExpert(ExpertAgent):
+    """The expert, which fills the filesystem of ``fill`` (a tmpfs) at its ``after``-th call: the disk
+    becomes full mid-run, as when another process writes a large file."""
+
+    def __init__(self, name: str = "filler", fill: str = "", after: int = 3):
+        super().__init__(name=name)
+        self.fill, self.after, self.calls = fill, int(after), 0
+
+    def act(self, conversations, sampling, infos=None):
+        self.calls += 1
+        if self.calls == self.after:
+            try:
+                with open(self.fill, "wb") as fh:
+                    while True:
+                        fh.write(b"\0" * 4096)
+                        fh.flush()
+            except OSError:
+                pass
+        return super().act(conversations, sampling, infos)

@@ -420,7 +420,7 @@ def load_study(name: str, overrides: list[str], conf_dir: Path) -> StudyConfig:
         with initialize_config_dir(config_dir=str(conf_dir.resolve()), version_base="1.3"):
             raw = compose(config_name=name, overrides=list(overrides))
     except Exception as e:  # Hydra's override / interpolation errors
-        raise StudyError(f"study {name}: {str(e).splitlines()[0]}") from None
+        raise StudyError(f"study {name}: {' '.join(str(e).split())}") from None
     d = OmegaConf.to_container(raw, resolve=True)
     d.setdefault("name", name)
     return StudyConfig.from_dict(d)

@@ -134,9 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     if not boards:
         print(f"error: no <leaderboard>/<agent>/summary.json under {args.store}", file=sys.stderr)
         return 2
-    md = render_markdown(boards)
+    from madopd_envs.eval.studies import load_studies, studies_html, studies_markdown
+
+    studies = load_studies(args.store)  # python -m madopd_distill.study results: tables, claims, curves
+    md = render_markdown(boards) + studies_markdown(studies, args.store)
     (args.store / "README.md").write_text(md + "\n", encoding="utf-8")
-    (args.store / "index.html").write_text(render_html(boards), encoding="utf-8")
+    page = render_html(boards).replace("</body></html>", studies_html(studies) + "\n</body></html>")
+    (args.store / "index.html").write_text(page, encoding="utf-8")
     if args.print:
         print(md)
     print(f"wrote {args.store / 'README.md'} and {args.store / 'index.html'} "

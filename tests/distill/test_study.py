@@ -1,0 +1,253 @@
+"""The comparative-study harness (``python -m madopd_distill.study``), end to end on tiny models.
+
+One real study (2 methods x 2 seeds x 2 steps on TWX-SimonSays, plus a method whose cells crash) is
+started as a subprocess, SIGKILLed while a cell is between its two checkpoints, and rerun: the cut
+cell resumes from its checkpoint, finished cells are skipped, nothing is lost or duplicated, the
+crashing cells are recorded while the others finish, and the results (table with intervals, curves,
+leaderboard records) are written. The bad-input errors are checked in-process, with model loading
+made to fail loudly so that "before any model is loaded" is tested, not assumed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ENV = "madopd/TWX-SimonSays-v0"
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, str]:
+    from madopd_agents.zoo import tiny_model_dir
+
+    return {"student": str(tiny_model_dir("S", seed=0)), "teacher": str(tiny_model_dir("S", seed=1))}
+
+
+def study_yaml(tmp: Path, models: dict[str, str], **changes: str) -> Path:
+    text = f"""
+name: t
+env: {ENV}
+prompt: {{show_actions: false, history: 0}}
+student: {models['student']}
+teachers: [{{name: teacher, path: {changes.pop('teacher', models['teacher'])}}}]
+seeds: {changes.pop('seeds', '[0, 1]')}
+train: {{split: train, num_tasks: 20}}
+eval: {{split: train, first_task: {changes.pop('eval_first', '30')}, num_tasks: 2, curve_every: 1, num_envs: 1}}
+budget: {{steps: {changes.pop('steps', '2')}, tasks_per_step: 2, max_new_tokens: 6, max_env_steps: 3}}
+base:
+  method: {{divergence: reverse_kl, reduction: token_mean, sample_mode: turn}}
+  rollout: {{num_envs: 1}}
+  optim: {{lr: 1.0e-3}}
+methods:
+{changes.pop('methods', '''  opd: {}
+  opd@jsd0.5: {method: opd, args: {divergence: jsd, beta: 0.5}}
+  broken: {method: opd, overrides: ["optim.lr=-1"]}''')}
+claims:
+  - {{paper: test, claim: JSD beats reverse KL, method: opd@jsd0.5, baseline: opd, metric: success}}
+checkpoint_every: 1
+output_dir: {tmp / 'results' / 'study-t'}
+work_dir: {tmp / 'work'}
+"""
+    assert not changes, changes
+    path = tmp / "t.yaml"
+    path.write_text(text)
+    return path
+
+
+def train_log(cell: Path) -> list[dict]:
+    return [json.loads(x) for x in (cell / "train" / "log.jsonl").read_text().splitlines() if x.strip()]
+
+
+def children_of_study(work: Path) -> list[int]:
+    """Live processes whose command line names the study's work dir (the cells it started)."""
+    pids = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                cmd = (p / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if str(work) in cmd and "madopd_distill.study" not in cmd:
+                pids.append(int(p.name))
+    return pids
+
+
+def test_study_kill_resume_and_a_crashing_cell(tmp_path: Path, models: dict[str, str]) -> None:
+    cfg = study_yaml(tmp_path, models)
+    work, out = tmp_path / "work", tmp_path / "results" / "study-t"
+    cmd = [sys.executable, "-m", "madopd_distill.study", f"study={cfg}", "--jobs", "2", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    # 1. start, and SIGKILL the study while an OPD cell sits between its step-1 and step-2 checkpoints
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    cut = None
+    deadline = time.time() + 600
+    while cut is None and proc.poll() is None and time.time() < deadline:
+        for cell in sorted((work / "cells").glob("opd*")) if (work / "cells").exists() else []:
+            latest = cell / "train" / "checkpoints" / "latest"
+            if latest.exists() and latest.read_text().strip() == "step-000001" and not (cell / "status.json").exists():
+                cut = cell
+                break
+        time.sleep(0.02)
+    assert cut is not None, f"no cell was caught mid-run (study exit {proc.poll()}): {proc.stderr.read()[-2000:]}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    t_end = time.time() + 30  # PR_SET_PDEATHSIG: the training children die with the study
+    while children_of_study(work) and time.time() < t_end:
+        time.sleep(0.2)
+    assert not children_of_study(work), "a killed study left cells running"
+    before = {c.name: (c / "status.json").read_text() for c in (work / "cells").iterdir() if (c / "status.json").exists()}
+    finished_before = {k for k, v in before.items() if json.loads(v)["state"] == "done"}
+
+    # 2. rerun the same command: resume
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 1, res.stderr[-3000:]  # 1: some cells failed (the broken ones), the rest is written
+    assert "resuming from its last checkpoint" in res.stderr
+    assert "resumed from" in (cut / "stdout.log").read_text()  # the trainer's own --resume path
+
+    # nothing lost, nothing duplicated; finished cells were skipped (status untouched)
+    for m in ("opd", "opd@jsd0.5"):
+        for s in (0, 1):
+            cell = work / "cells" / f"{m}-s{s}"
+            recs = train_log(cell)
+            assert [r["step"] for r in recs if r["kind"] == "train"] == [1, 2], cell.name
+            assert [(r["when"], r["step"]) for r in recs if r["kind"] == "eval"] == \
+                [("before", 0), ("step1", 1), ("after", 2)], cell.name
+            assert all("ref/kl_token" in r and "cost/teacher_tokens_scored" in r for r in recs if r["kind"] == "train")
+            assert json.loads((cell / "status.json").read_text())["state"] == "done"
+    for name in finished_before:
+        assert (work / "cells" / name / "status.json").read_text() == before[name], f"{name} was rerun"
+
+    # the crashing cells are recorded with their error; the others finished
+    for s in (0, 1):
+        status = json.loads((work / "cells" / f"broken-s{s}" / "status.json").read_text())
+        assert status["state"] == "failed" and "lr must be > 0" in status["error"]
+
+    # results: ordinary leaderboard records, one per planned episode, and the table with intervals
+    study = json.loads((out / "study.json").read_text())
+    agents = {a["agent"] for a in study["evaluated"]}
+    assert agents == {"student-init", "teacher-teacher", "opd-s0", "opd-s1", "opd@jsd0.5-s0", "opd@jsd0.5-s1"}
+    for a in agents:
+        summary = json.loads((out / a / "summary.json").read_text())
+        assert summary["finished_episodes"] == summary["planned_episodes"] == 2
+        keys = [json.loads(x)["key"] for x in (out / a / "episodes.jsonl").read_text().splitlines() if x.strip()]
+        assert len(keys) == len(set(keys)) == 2
+    rows = {r["method"]: r for r in study["table"]}
+    assert rows["opd"]["cells"] == "2/2" and rows["broken"]["cells"] == "0/2"
+    for m in ("opd", "opd@jsd0.5"):
+        assert {"mean", "lo", "hi"} <= set(rows[m]["success"]) and rows[m]["success"]["lo"] <= rows[m]["success"]["hi"]
+        assert rows[m]["kl_token"]["mean"] > 0 and rows[m]["teacher_tokens_scored"] > 0
+    assert "lo" in rows["opd@jsd0.5"]["diff_success_vs_opd"]
+    assert study["claims"][0]["verdict"] in ("replicated", "not replicated", "inconclusive")
+    md = (out / "results.md").read_text()
+    assert "success [95% CI]" in md and "| `opd` | 2/2 |" in md and "hierarchical bootstrap" in md
+    assert "lr must be > 0" in md
+    for fig in ("success_vs_step.png", "kl_token_vs_step.png", "kl_traj_vs_step.png"):
+        assert (out / "figures" / fig).read_bytes()[:4] == b"\x89PNG"
+    assert [json.loads(x)["step"] for x in (out / "cells" / "opd-s0" / "log.jsonl").read_text().splitlines()
+            if json.loads(x)["kind"] == "train"] == [1, 2]
+
+    # the leaderboard report shows the study
+    rep = subprocess.run([sys.executable, "-m", "madopd_envs.eval.report", "--store", str(out.parent)], cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert rep.returncode == 0, rep.stderr
+    readme = (out.parent / "README.md").read_text()
+    assert "study-t" in readme and "opd@jsd0.5-s1" in readme
+
+
+def _run_main(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    import transformers
+
+    from madopd_distill.study.__main__ import main
+
+    def no_model(*a: object, **k: object) -> None:
+        raise AssertionError("a model was loaded before the input was checked")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_model)
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    return rc, err
+
+
+@pytest.fixture(scope="module")
+def other_tokenizer_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A real tiny model with its own (different) tokenizer."""
+    from madopd_agents.zoo import build_tokenizer, tiny_qwen3
+
+    d = tmp_path_factory.mktemp("other")
+    tok = build_tokenizer([f"go to room {i}, take the {w}" for i in range(50) for w in ("key", "coin", "apple")],
+                          vocab_size=300)
+    tiny_qwen3(tok, size="S", hidden_size=32, num_hidden_layers=1, intermediate_size=64, num_attention_heads=2,
+               num_key_value_heads=1, head_dim=16).save_pretrained(d)
+    tok.save_pretrained(d)
+    return str(d)
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("unknown_method", "unknown method 'opdd'. Did you mean 'opd'"),
+    ("overlap", "train and eval tasks overlap"),
+    ("budget0", "budget: steps must be >= 1"),
+    ("no_seeds", "seed list is empty"),
+    ("tokenizer", "does not share the tokenizer"),
+    ("override_budget0", "budget: tasks_per_step must be >= 1"),
+])
+def test_bad_input_is_one_line_before_any_model(case: str, expected: str, tmp_path: Path, models: dict[str, str],
+                                                other_tokenizer_model: str, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture) -> None:
+    changes = {"unknown_method": {"methods": "  opdd: {}"}, "overlap": {"eval_first": "10"},
+               "budget0": {"steps": "0"}, "no_seeds": {"seeds": "[]"},
+               "tokenizer": {"teacher": other_tokenizer_model}}.get(case, {})
+    argv = [f"study={study_yaml(tmp_path, models, **changes)}"]
+    if case == "override_budget0":
+        argv.append("budget.tasks_per_step=0")
+    rc, err = _run_main(argv, monkeypatch, capsys)
+    assert rc == 2 and expected in err and len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert not (tmp_path / "work").exists()  # nothing ran
+
+
+def test_cells_selection_and_unknown_cells(tmp_path: Path, models: dict[str, str]) -> None:
+    from madopd_distill.study.config import build_cells, load_study, select_cells, StudyError
+
+    cfg = load_study(str(study_yaml(tmp_path, models)), ["seeds=[0,1,2]"], Path("."))
+    cells = build_cells(cfg)
+    assert [c.id for c in cells][:3] == ["opd-s0", "opd-s1", "opd-s2"] and len(cells) == 9
+    assert [c.id for c in select_cells(cells, ["opd@*", "broken-s2"])] == \
+        ["opd@jsd0.5-s0", "opd@jsd0.5-s1", "opd@jsd0.5-s2", "broken-s2"]
+    jsd = next(c for c in cells if c.label == "opd@jsd0.5")
+    assert jsd.args == {"divergence": "jsd", "reduction": "token_mean", "sample_mode": "turn", "beta": 0.5}
+    with pytest.raises(StudyError, match="matches no cell"):
+        select_cells(cells, ["tcod-*"])
+
+
+def test_build_seeds_template(tmp_path: Path, models: dict[str, str]) -> None:
+    from madopd_distill.study.config import build_cells, load_study
+
+    cfg = load_study(str(study_yaml(tmp_path, models)), ["++build_seeds='{name}@seed{n}'", "student=zoo:stu",
+                                                         "teachers=[{name:t,path:'zoo:tea'}]"], Path("."))
+    c = [c for c in build_cells(cfg) if c.label == "opd"]
+    assert [(x.student, x.teachers[0]["path"]) for x in c] == [("zoo:stu@seed0", "zoo:tea@seed0"),
+                                                              ("zoo:stu@seed1", "zoo:tea@seed1")]
+
+
+def test_hierarchical_bootstrap_and_verdicts() -> None:
+    import numpy as np
+
+    from madopd_distill.stats import hierarchical_bootstrap, paired_difference, verdict
+
+    y = np.array([[1, 1, 0, 1], [0, 1, 0, 1], [1, 1, 1, 1]], dtype=float)
+    iv = hierarchical_bootstrap(y)
+    assert iv.mean == pytest.approx(y.mean()) and iv.lo < iv.mean < iv.hi
+    assert hierarchical_bootstrap(np.ones((3, 5))).as_dict() == {"mean": 1.0, "lo": 1.0, "hi": 1.0}
+    better = paired_difference(np.ones((3, 20)), np.zeros((3, 20)))
+    assert verdict(better, "greater") == "replicated" and verdict(better, "less") == "not replicated"
+    noisy = paired_difference(y, y[::-1])
+    assert verdict(noisy, "greater") == "inconclusive"

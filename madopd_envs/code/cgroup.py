@@ -5,10 +5,10 @@ its tmpfs mounts (``/tmp``, ``/dev/shm``), ``memfd``s, pages kept by its other p
 cgroup charges all of them (and page tables, socket buffers...) to the run, and the kernel's OOM
 killer acts inside the cgroup when the run exceeds it.
 
-Where: cgroup v2 when our own cgroup delegates the ``memory`` controller to its children (its
-``cgroup.subtree_control`` lists ``memory`` and we may write there: a container with its own cgroup
-namespace, or ``systemd-run -p Delegate=yes``); otherwise the cgroup v1 ``memory`` hierarchy when it
-is mounted and writable (root on hybrid hosts). Neither: ``find()`` returns ``None`` and the sandbox
+Where: cgroup v2 when our own cgroup, or its parent, enables the ``memory`` controller for its
+children (its ``cgroup.subtree_control`` lists ``memory``) and we may write there (root on a systemd
+host: the runs' cgroups go beside our own); otherwise the cgroup v1 ``memory`` hierarchy when it is
+mounted and writable (root on hybrid hosts, as on the machine this was developed on). Neither: ``find()`` returns ``None`` and the sandbox
 falls back to rlimits (see ``Limits``). The run joins its cgroup before anything of it starts: a
 ``/bin/sh`` writes its own pid to ``cgroup.procs`` and then execs the sandbox command.
 """
@@ -129,7 +129,19 @@ def _usable(cg: MemoryCgroups) -> bool:
     except OSError:
         return False
     cg.remove(path)
+    _remove_stale(cg)
     return True
+
+
+def _remove_stale(cg: MemoryCgroups) -> None:
+    """Remove the empty cgroups of madopd processes that died mid-run (named after their pid)."""
+    for path in cg.parent.glob("madopd-run-*-*"):
+        pid = path.name.split("-")[2]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            try:
+                path.rmdir()
+            except OSError:
+                pass
 
 
 @functools.lru_cache(maxsize=1)
@@ -138,13 +150,16 @@ def find() -> MemoryCgroups | None:
     own = _own_paths()
     for mount, fstype, opts in _mounts():
         if fstype == "cgroup2" and "" in own:
-            parent = Path(mount + own[""].rstrip("/")) if own[""] != "/" else Path(mount)
-            try:
-                delegated = "memory" in (parent / "cgroup.subtree_control").read_text().split()
-            except OSError:
-                delegated = False
-            if delegated and os.access(parent, os.W_OK) and _usable(MemoryCgroups(2, parent)):
-                return MemoryCgroups(2, parent)
+            mine = Path(mount + own[""].rstrip("/")) if own[""] != "/" else Path(mount)
+            # Our own cgroup can enable controllers for children only while it holds no process (cgroup
+            # v2's rule), so usually the runs go beside it: in its parent (root on a systemd host).
+            for parent in (mine, mine.parent) if mine != Path(mount) else (mine,):
+                try:
+                    delegated = "memory" in (parent / "cgroup.subtree_control").read_text().split()
+                except OSError:
+                    delegated = False
+                if delegated and os.access(parent, os.W_OK) and _usable(MemoryCgroups(2, parent)):
+                    return MemoryCgroups(2, parent)
     for mount, fstype, opts in _mounts():
         if fstype == "cgroup" and "memory" in opts:
             key = next((k for k in own if "memory" in k.split(",")), None)

@@ -431,7 +431,8 @@ def test_memfd_pages_count_against_the_run(sandbox):
             fds.append(fd)
         return len(fds)
     """
-    r = run(sandbox, code, "assert candidate() == 1")
+    r = run(sandbox, code, "assert candidate() == 1", limits=dataclasses.replace(LIMITS, timeout_s=20,
+                                                                                test_timeout_s=15))
     assert r.passed == 0 and f"{LIMITS.run_memory_mb} MB memory bound" in r.first_error, r.first_error
     assert "cgroup" in r.memory_bound
     assert psutil.virtual_memory().available > before - (1 << 30)
@@ -454,7 +455,7 @@ def test_memory_spread_over_processes_counts_against_the_run(sandbox):
         return sorted(os.waitpid(p, 0)[1] & 0x7F for p in pids)
     """
     r = sandbox.run(textwrap.dedent(code), "", [("value", "f()")], entry_point="f",
-                    limits=dataclasses.replace(LIMITS, timeout_s=10, test_timeout_s=8))
+                    limits=dataclasses.replace(LIMITS, timeout_s=20, test_timeout_s=15))
     (ok, signals), = r.values
     assert ok and 9 in signals, signals  # the kernel killed some: together they hit the run's bound
 

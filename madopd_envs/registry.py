@@ -165,7 +165,10 @@ def spec(id: str) -> EnvSpec:
     _load_builtin()
     module, colon, bare = id.partition(":")
     if colon:  # Gymnasium's form: import the module (its import registers), then look the id up
-        ep = next((ep for ep in _entry_points() if ep.module == module), None)
+        # a module of a package with an entry point loads under that entry point's name (its namespace)
+        eps = _entry_points()
+        ep = next((e for e in eps if e.module == module), None) or \
+            next((e for e in eps if e.module.split(".")[0] == module.split(".")[0]), None)
         error = _load_plugin(ep.name, module, _ep_dist(ep)) if ep else _load_plugin(module, module,
                                                                                     distribution_of(module))
         if error:

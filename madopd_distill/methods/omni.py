@@ -159,7 +159,7 @@ class OmniOPD(Method):
                 forks.append((si, j, end))
                 chunks.append(tok.decode(turn.token_ids[j:end], skip_special_tokens=True))
                 prompts.append(with_instruction(turn.context or [], CONTINUE_INSTRUCTION.format(prefix=prefix)))
-        rewards, stds, clusters = torch.zeros(0), [], []
+        rewards, stds, clusters, outs = torch.zeros(0), [], [], []
         if forks:
             outs = self.writer.act(prompts, self.sampling)
             m = self.cfg.num_continuations
@@ -178,7 +178,8 @@ class OmniOPD(Method):
                     for t in range(j, end):
                         per_token[t] = float(adv[f])
             s.meta["row_advantage"] = [a for a, m in zip(per_token, turn.loss_mask) if m]
-        self._last = {"omni/forks": float(len(forks)),
+        self._last = {"omni/forks": float(len(forks)), "omni/continuations": float(len(outs)),
+                      "omni/continuation_chars": sum(len(o.text) for o in outs) / max(len(outs), 1),
                       "omni/reward_mean": float(rewards.mean()) if rewards.numel() else 0.0,
                       "omni/reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
                       "omni/posterior_std": sum(stds) / len(stds) if stds else 0.0,

@@ -148,3 +148,20 @@ def test_task_adaptive_divergence_and_configs():
         MADOPDConfig(divergence="kl")
     with pytest.raises(ValueError, match="teacher_weights"):
         MTOPDConfig(teacher_weights=[-1.0, 2.0])
+
+
+def test_loop_filter_drops_looping_replies_as_the_paper_code():
+    """MAD-OPD@6c7a66a mad_opd_trainer.py:1270-1330: lower-cased word 3-grams, ratio 1 - unique/total,
+    a reply above 0.6 is dropped; under 3 words is kept."""
+    from madopd_distill.methods.mt_opd import drop_looping, repetition_ratio
+    from madopd_distill.rollout import Sample, Trajectory, Turn
+
+    assert repetition_ratio("go north") == 0.0
+    assert repetition_ratio("Go north go north go north") == pytest.approx(1 - 2 / 4)  # 4 trigrams, 2 distinct
+    loop = "take coin " * 6  # 10 trigrams, 2 distinct -> 0.8
+    assert repetition_ratio(loop) == pytest.approx(0.8)
+    trajs = [Trajectory(f"t{i}", turns=[Turn("prompt", text="room"), Turn("student", text=text, token_ids=[5])])
+             for i, text in enumerate(["open the door and go north", loop])]
+    samples = [Sample([1, 5], [False, True], [0.0, -1.0], traj_index=i, turn_indices=[1]) for i in range(2)]
+    assert [s.traj_index for s in drop_looping(samples, trajs, 3, 0.6)] == [0]
+    assert len(drop_looping(samples, trajs, 3, 0.8)) == 2  # at the threshold: kept

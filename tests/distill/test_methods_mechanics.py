@@ -124,8 +124,9 @@ def test_tcod_f2b_caps_student_steps_and_b2f_replays_a_masked_prefix(collector):
 
 
 def test_opad_expert_forced_history_and_grouping(collector):
-    m = build_method("opad", {"history": "expert", "max_turns": 3}, ctx())
-    assert m.needs_expert
+    m = build_method("opad", {"max_turns": 3}, ctx())  # teacher-forced step-level sampling is the default
+    assert m.cfg.history == "expert" and m.needs_expert
+    assert not build_method("opad", {"history": "student"}, ctx()).needs_expert
     trajs = m.collect(collector, [Episode("train-0", 0), Episode("train-3", 1)], step=0)
     assert len(trajs) == 6 and [t.meta["opad_turn"] for t in trajs] == [0, 1, 2] * 2
     with_student = 0

@@ -1,9 +1,13 @@
-"""OmniOPD mechanics: peak-entropy forks, shrunk MC rewards, the anchored loss, offline embeddings."""
+"""OmniOPD mechanics: peak-entropy forks, the Dirichlet-Multinomial reward, the anchored loss, offline
+embeddings, the entropy scheduler, and a text-only OpenAI-compatible teacher through the real server."""
+
+import math
 
 import pytest
 import torch
 
-from madopd_distill.methods.omni_core import k3_kl, omni_row_loss, peak_entropy_forks, shrunk_rewards
+from madopd_distill.methods.omni_core import (cluster_outcomes, dm_chunk_reward, k3_kl, omni_row_loss,
+                                             peak_entropy_forks)
 
 
 def test_peak_entropy_forks():
@@ -16,18 +20,26 @@ def test_peak_entropy_forks():
     assert peak_entropy_forks(ent, max_forks=3, fork_quantile=0.0, min_gap=1, min_entropy=1.0) == [5, 7]
 
 
-def test_shrunk_rewards():
-    sims = [[0.9, 0.7], [0.1]]
-    mu = (0.9 + 0.7 + 0.1) / 3
-    r = shrunk_rewards(sims, prior_strength=1.0)
-    assert r.tolist() == pytest.approx([(1.6 + mu) / 3, (0.1 + mu) / 2])
-    assert shrunk_rewards(sims, prior_strength=0.0).tolist() == pytest.approx([0.8, 0.1])
-    assert shrunk_rewards(sims, prior_strength=2.0, prior_mean=0.5).tolist() == pytest.approx([2.6 / 4, 1.1 / 3])
-    # shrinkage pulls the single-sample fork harder than the two-sample one
-    r0 = shrunk_rewards(sims, prior_strength=0.0)
-    assert abs(r[1] - r0[1]) > abs(r[0] - r0[0])
+def test_dirichlet_multinomial_reward_matches_a_hand_computed_posterior():
+    e1, e2, e3 = torch.eye(3)
+    # M=3 continuations, two semantic outcomes (e1 twice, e2 once) + the prior's "unseen" outcome: K=3.
+    conts = torch.stack([e1, e1, e2])
+    assert cluster_outcomes(conts, 0.9) == [[0, 1], [2]]
+    # alpha=1: posterior Dirichlet(1+2, 1+1, 1+0) = (3, 2, 1) / 6; the chunk is e1: similarities (1, 0, 0).
+    r, sd, k = dm_chunk_reward(e1, conts, alpha=1.0, cluster_threshold=0.9)
+    assert k == 3 and r == pytest.approx(3 / 6)
+    # posterior std of sum_k p_k s_k: sqrt((sum a~ s^2 - r^2) / (A + 1)) = sqrt((1/2 - 1/4) / 7)
+    assert sd == pytest.approx(math.sqrt((0.5 - 0.25) / 7))
+    # the raw Monte-Carlo frequency would be 2/3: the prior pulls it towards 1/K
+    assert dm_chunk_reward(e1, conts, alpha=0.0, cluster_threshold=2.0)[0] == pytest.approx(2 / 3)
+    # a chunk the teacher never wrote earns only the unseen outcome's share
+    assert dm_chunk_reward(e3, conts, alpha=1.0)[0] == pytest.approx(0.0)
+    assert dm_chunk_reward(e3, conts, alpha=1.0, unseen_similarity=0.5)[0] == pytest.approx(0.5 / 6)
+    # more evidence for the same outcome -> smaller posterior std, reward closer to the MC value
+    r4, sd4, _ = dm_chunk_reward(e1, torch.stack([e1] * 8), alpha=1.0)
+    assert r4 == pytest.approx(9 / 10) and sd4 < sd
     with pytest.raises(ValueError):
-        shrunk_rewards([[0.5], []])
+        dm_chunk_reward(e1, torch.zeros(0, 3))
 
 
 def test_omni_row_loss_gradient_direction_and_anchor():
@@ -55,3 +67,80 @@ def test_embedder_offline_similarity():
     emb = shared_embedder()
     sims = emb.similarities(["open the fridge"], [["open fridge", "go north to the garden"]])
     assert sims[0][0] > 0.8 > sims[0][1]
+
+
+def test_entropy_scheduler_reads_the_students_full_distribution():
+    from madopd_agents.zoo import tiny_model_dir
+    from madopd_distill.methods.omni import student_entropies
+    from madopd_distill.rollout import Sample
+    from madopd_distill.trainer import load_causal_lm
+
+    model, tok = load_causal_lm(str(tiny_model_dir("S", seed=0)))
+    model.train()
+    ids = tok("go north then take the coin", add_special_tokens=False)["input_ids"]
+    mask = [False, False] + [True] * (len(ids) - 2)
+    [ent] = student_entropies(model, tok, [Sample(ids, mask, [0.0] * len(ids))])
+    with torch.no_grad():
+        lp = torch.log_softmax(model(torch.tensor([ids])).logits[0, 1:-1].float(), -1)  # predicts ids[2:]
+    assert torch.allclose(ent, -(lp.exp() * lp).sum(-1), atol=1e-4)
+    assert model.training  # the no-grad pass leaves the trained model's mode alone
+
+
+def test_text_only_openai_teacher_drives_omni_through_the_local_server(tmp_path):
+    """``python -m madopd_agents.serve`` on 127.0.0.1 writes OmniOPD's continuations; it serves chat text
+    only (no /completions, no /tokenize), so this runs only if the teacher is built text-only."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from madopd_agents.zoo import tiny_model_dir
+    from madopd_distill import train
+    from madopd_distill.trainer import TeacherSpec, build_teachers
+
+    s0, s1 = str(tiny_model_dir("S", seed=0)), str(tiny_model_dir("S", seed=1))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "madopd_agents.serve", "--model", s1, "--host", "127.0.0.1",
+                             "--port", str(port), "--served-name", "writer"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read()[-2000:]
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.5)
+        teachers, agents = build_teachers([TeacherSpec(name="writer", backend="openai", base_url=base, model="writer",
+                                                       text_only=True)], student_tokenizer=None)
+        assert teachers == {} and type(agents["writer"]).__name__ == "OpenAIAgent"  # writes, never scores
+        out = tmp_path / "omni"
+        old, sys.argv = sys.argv, ["madopd_distill.train", "method=omni", "env=madopd/TWX-Coin-v0", f"student={s0}",
+                                   "steps=2", "rollout.num_envs=1", "rollout.tasks_per_step=1",
+                                   "rollout.max_new_tokens=8", "rollout.max_env_steps=2", "micro_batch_tokens=4096",
+                                   f"teachers=[{{name:anchor,backend:hf,path:{s0}}},{{name:writer,backend:openai,"
+                                   f"base_url:'{base}',model:writer,text_only:true}}]", "method.teacher=writer",
+                                   "method.chunk_tokens=4", "method.num_continuations=2", "method.fork_quantile=0.5",
+                                   f"output_dir={out}"]
+        try:
+            train.main()
+        finally:
+            sys.argv = old
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if x.strip()]
+    steps = [r for r in log if r.get("kind") == "train"]
+    assert [r["step"] for r in steps] == [1, 2]
+    assert sum(r["omni/forks"] for r in steps) > 0
+    assert all(r["omni/continuations"] == 2 * r["omni/forks"] for r in steps)  # M answers per fork, over HTTP
+    assert all(r["loss"] == r["loss"] for r in steps)

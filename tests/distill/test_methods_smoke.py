@@ -38,7 +38,10 @@ def method_args(name: str, m: dict[str, str]) -> list[str]:
     return {
         "mt_opd": [two, "method.teacher_weights=[0.7,0.3]"],
         "mad_opd": [two, "method.rounds=2", "method.debate_max_new_tokens=8"],
-        "opad": [f"teacher={m['s1']}", "method.history=expert", "method.max_turns=2"],
+        "opad": [f"teacher={m['s1']}", "method.max_turns=2"],  # the default history is teacher-forced
+        # MAD-OPD over OPAD's teacher-forced per-turn states (the paper's agentic configuration)
+        "mad_opd_expert": [two, "method.history=expert", "method.max_turns=2", "method.rounds=1",
+                           "method.debate_max_new_tokens=8"],
         "tcod_f2b": [f"teacher={m['s1']}", "method.variant=f2b", "method.eta=1"],
         # B2F: the student takes over for the last W=1 expert step (k_max=1), for one turn. Arithmetic:
         # its expert path is the same on every reset (Coin's depends on the engine's history, so a
@@ -69,10 +72,10 @@ def read_log(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
 
 
-@pytest.mark.parametrize("case", ["mt_opd", "mad_opd", "opad", "tcod_f2b", "tcod_b2f", "guided", "sage", "omni",
-                                  "routing"])
+@pytest.mark.parametrize("case", ["mt_opd", "mad_opd", "mad_opd_expert", "opad", "tcod_f2b", "tcod_b2f", "guided",
+                                  "sage", "omni", "routing"])
 def test_method_runs_and_logs(case: str, models: dict[str, str], tmp_path: Path) -> None:
-    name = case.split("_f2b")[0].split("_b2f")[0]
+    name = case.split("_f2b")[0].split("_b2f")[0].split("_expert")[0]
     out = tmp_path / case
     run_train([f"method={name}", f"env={ENV}", f"student={models['s0']}", *COMMON, *method_args(case, models),
                f"output_dir={out}"])  # later overrides win: a case may change env or caps

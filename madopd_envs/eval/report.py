@@ -20,16 +20,40 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from madopd_envs.eval.tables import leaderboard_table, summary_frame, to_markdown
+import pandas as pd
+
+from madopd_envs.eval.tables import _fmt, leaderboard_table, summary_frame, to_markdown
+
+SUMMARY_KEYS = ("agent", "overall", "envs", "finished_episodes", "planned_episodes", "errored")
 
 
-def load_store(store: Path) -> dict[str, list[dict[str, Any]]]:
-    """Summaries by leaderboard (folder name), each with ``_run`` (its run.json) and ``_dir``."""
+def _read_json(path: Path) -> tuple[Any, str | None]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")), None
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or bytes that are not UTF-8
+        return None, f"{type(e).__name__}: {' '.join(str(e).split())[:120]}"
+
+
+def load_store(store: Path, skipped: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Summaries by leaderboard (folder name), each with ``_run`` (its run.json) and ``_dir``.
+
+    A ``summary.json`` that cannot be read or lacks the summary fields is left out and named in
+    ``skipped`` (one line each): one broken run must not hide the others.
+    """
     boards: dict[str, list[dict[str, Any]]] = {}
+    skipped = [] if skipped is None else skipped
     for path in sorted(Path(store).glob("*/*/summary.json")):
-        summary = json.loads(path.read_text())
-        run_path = path.parent / "run.json"
-        summary["_run"] = json.loads(run_path.read_text()) if run_path.exists() else {}
+        summary, error = _read_json(path)
+        if error is None and not (isinstance(summary, dict) and all(k in summary for k in SUMMARY_KEYS)):
+            error = f"not an eval summary (needs {', '.join(SUMMARY_KEYS)})"
+        if error is not None:
+            skipped.append(f"{path}: {error}")
+            continue
+        run, run_error = _read_json(path.parent / "run.json") if (path.parent / "run.json").exists() else ({}, None)
+        if run_error is not None or not isinstance(run, dict):
+            skipped.append(f"{path.parent / 'run.json'}: {run_error or 'not a mapping'} (the run is shown without it)")
+            run = {}
+        summary["_run"] = run
         summary["_dir"] = str(path.parent)
         boards.setdefault(path.parent.parent.name, []).append(summary)
     return boards
@@ -59,6 +83,25 @@ def render_markdown(boards: dict[str, list[dict[str, Any]]]) -> str:
 
 def plot_board(board: str, summaries: list[dict[str, Any]]) -> bytes:
     """A grouped bar chart (envs x agents) of success rate with standard-error bars, as PNG bytes."""
+    import matplotlib.pyplot as plt
+
+    fig = board_figure(board, summaries)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")  # "tight": the legend outside the axes is kept whole
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _number(value: Any) -> float:
+    return float("nan") if value is None or pd.isna(value) else float(value)
+
+
+def board_figure(board: str, summaries: list[dict[str, Any]]) -> Any:
+    """The chart of :func:`plot_board` as a matplotlib figure.
+
+    At most ~1200 px wide at 110 dpi (the page column is 1300 px); the legend sits right of the axes, so it
+    never covers a bar or gets cut; an env without a rate (every episode errored) has no bar, not a 0.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -69,24 +112,47 @@ def plot_board(board: str, summaries: list[dict[str, Any]]) -> bytes:
     envs = [e for e in dict.fromkeys(df["env"]) if e != "(all)"] + ["(all)"]
     agents = list(dict.fromkeys(df["agent"]))
     width = 0.8 / max(1, len(agents))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(envs)), 3.6), dpi=110)
+    fig, ax = plt.subplots(figsize=(min(9.0, max(5.0, 0.75 * len(envs) + 2.0)), 3.6), dpi=110)
     x = np.arange(len(envs))
     for k, agent in enumerate(agents):
         rows = df[df["agent"] == agent].set_index("env")
-        vals = [float(rows.loc[e, "success_rate"]) if e in rows.index and rows.loc[e, "success_rate"] is not None
-                else 0.0 for e in envs]
-        errs = [float(rows.loc[e, "stderr"] or 0.0) if e in rows.index else 0.0 for e in envs]
+        vals = [_number(rows.loc[e, "success_rate"]) if e in rows.index else float("nan") for e in envs]
+        errs = [0.0 if np.isnan(v) else np.nan_to_num(_number(rows.loc[e, "stderr"])) for e, v in zip(envs, vals)]
         ax.bar(x + (k - (len(agents) - 1) / 2) * width, vals, width, yerr=errs, capsize=2, label=agent)
-    ax.set_xticks(x, [e.replace("madopd/", "") for e in envs], rotation=25, ha="right", fontsize=8)
+    ax.set_xticks(x, [e.replace("madopd/", "") for e in envs], rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("success rate")
     ax.set_title(f"leaderboard: {board}")
-    ax.legend(fontsize=8, ncols=min(4, len(agents)))
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return fig
+
+
+METRIC_TABLE_COLUMNS = ["agent", "env", "split", "episodes", "success_rate", "stderr", "mean_score",
+                        "invalid_action_rate", "invalid_format_rate", "mean_steps", "errored"]
+COUNT_COLUMNS = ("episodes", "errored")
+
+
+def metrics_html(summaries: list[dict[str, Any]]) -> str:
+    """The agents x envs metrics as an HTML table, cells formatted as in the markdown ('-' for no value).
+
+    Ids never break inside (``white-space: nowrap``); headers break at the spaces that replace ``_``.
+    """
+    df = summary_frame(summaries)
+    head = "".join(f"<th>{html.escape(c.replace('_', ' '))}</th>" for c in METRIC_TABLE_COLUMNS)
+    rows = []
+    for row in df[METRIC_TABLE_COLUMNS].itertuples(index=False):
+        cells = []
+        for col, value in zip(METRIC_TABLE_COLUMNS, row):
+            if col in COUNT_COLUMNS and not pd.isna(_number(value)):
+                text, cls = str(int(value)), "num"
+            elif col in ("agent", "env", "split"):
+                text, cls = _fmt(value).replace("madopd/", "") if col == "env" else _fmt(value), "id"
+            else:
+                text, cls = _fmt(None if value is None or pd.isna(value) else float(value)), "num"
+            cells.append(f"<td class='{cls}'>{html.escape(text)}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<div class='wide'><table class='metrics'><tr>{head}</tr>{''.join(rows)}</table></div>"
 
 
 def cards_html(summaries: list[dict[str, Any]]) -> str:
@@ -108,15 +174,24 @@ def cards_html(summaries: list[dict[str, Any]]) -> str:
             + "".join(rows) + "</table></div>")
 
 
-def render_html(boards: dict[str, list[dict[str, Any]]]) -> str:
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>madopd leaderboards</title>",
-             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+def render_html(boards: dict[str, list[dict[str, Any]]], skipped: list[str] | None = None) -> str:
+    # The column is at most 1300 px; nothing may be wider (images scale down, tables scroll inside
+    # their own box as a last resort, long commands wrap anywhere).
+    parts = ["<!doctype html><html><head><meta charset='utf-8'>"
+             "<meta name='viewport' content='width=device-width, initial-scale=1'><title>madopd leaderboards</title>",
+             "<style>body{font-family:sans-serif;max-width:1300px;margin:2em auto;padding:0 1em}"
+             "img{max-width:100%;height:auto;display:block}.wide{max-width:100%;overflow-x:auto}"
+             "table{border-collapse:collapse;font-size:14px;max-width:100%}"
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child{text-align:left}"
-             "code{font-size:85%}.cards td{text-align:left}</style></head><body><h1>madopd leaderboards</h1>"]
+             "th{vertical-align:bottom}.metrics td.id{text-align:left;white-space:nowrap}"
+             ".metrics td.num{font-variant-numeric:tabular-nums}"
+             "li{overflow-wrap:anywhere}code{font-size:85%}.skipped{color:#a00}"
+             ".cards td{text-align:left}</style></head><body><h1>madopd leaderboards</h1>"]
+    for note in skipped or []:
+        parts.append(f"<p class='skipped'>skipped {html.escape(note)}</p>")
     for board, summaries in boards.items():
-        df = summary_frame(summaries)
         png = base64.b64encode(plot_board(board, summaries)).decode()
-        table = df.drop(columns=["leaderboard"]).to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-")
+        table = metrics_html(summaries)
         cmds = "".join(f"<li><b>{html.escape(s['agent'])}</b>: <code>{html.escape(s['_run'].get('command', ''))}"
                        f"</code></li>" for s in summaries)
         parts += [f"<h2>{html.escape(board)}</h2>", f"<img alt='success rate per env' src='data:image/png;base64,{png}'>",
@@ -130,16 +205,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--store", type=Path, default=Path("leaderboards/results"), help="results store folder")
     p.add_argument("--print", action="store_true", help="also print the markdown")
     args = p.parse_args(argv)
-    boards = load_store(args.store)
+    skipped: list[str] = []
+    boards = load_store(args.store, skipped)
+    for note in skipped:
+        print(f"warning: skipped {note}", file=sys.stderr)
     if not boards:
-        print(f"error: no <leaderboard>/<agent>/summary.json under {args.store}", file=sys.stderr)
+        print(f"error: no readable <leaderboard>/<agent>/summary.json under {args.store}", file=sys.stderr)
         return 2
     from madopd_envs.eval.studies import load_studies, studies_html, studies_markdown
 
     studies = load_studies(args.store)  # python -m madopd_distill.study results: tables, claims, curves
     md = render_markdown(boards) + studies_markdown(studies, args.store)
     (args.store / "README.md").write_text(md + "\n", encoding="utf-8")
-    page = render_html(boards).replace("</body></html>", studies_html(studies) + "\n</body></html>")
+    page = render_html(boards, skipped).replace("</body></html>", studies_html(studies) + "\n</body></html>")
     (args.store / "index.html").write_text(page, encoding="utf-8")
     if args.print:
         print(md)

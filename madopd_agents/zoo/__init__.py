@@ -236,6 +236,48 @@ ZOO_MODELS = {
 }
 
 
+def zoo_dir() -> Path:
+    """Where ``python -m madopd_agents.zoo build`` puts recipes: ``<cache>/zoo/<recipe>/<model>``."""
+    return cache_dir() / "zoo"
+
+
+def zoo_roots() -> list[Path]:
+    """Where built zoo models are looked up, first match wins: this machine's builds, then the
+    models committed beside the configs (``leaderboards/zoo/``, small enough to ship)."""
+    from madopd_envs.conf import conf_dirs
+
+    return [zoo_dir(), *(root.parent / "zoo" for root in conf_dirs())]
+
+
+def built_models() -> dict[str, dict[str, Any]]:
+    """Every built zoo model by name (``<recipe>/<model>``): its card (role, path, figures)."""
+    import json
+
+    out: dict[str, dict[str, Any]] = {}
+    for root in zoo_roots():
+        for card in sorted(root.glob("*/*/card.json")):
+            name = f"{card.parent.parent.name}/{card.parent.name}"
+            if name in out or not _is_complete(card.parent):
+                continue
+            try:
+                out[name] = {**json.loads(card.read_text()), "path": str(card.parent)}
+            except (OSError, ValueError):
+                continue  # a card being written: listed next time
+    return out
+
+
+def zoo_agent_card(name: str) -> dict[str, Any] | None:
+    """An agent card for a built zoo model (``<recipe>/<model>`` or ``zoo:<recipe>/<model>``): greedy,
+    in the prompt format it was trained in; ``None`` when no such model is built."""
+    key = name.removeprefix("zoo:")
+    card = built_models().get(key)
+    if card is None:
+        return None
+    return {"name": key, "backend": "hf", "model": f"zoo:{key}", "description": f"zoo {card.get('role', 'model')}: "
+            f"{card.get('base', '')}", "license": card.get("license", ""), "prompt": dict(card.get("prompt") or {}),
+            "sampling": {"temperature": 0.0, "max_new_tokens": int(card.get("max_new_tokens") or 32)}}
+
+
 def how_to_provide(name: str) -> str:
     return (
         f"Provide the weights of {name!r} in one of these ways:\n"
@@ -250,14 +292,23 @@ def how_to_provide(name: str) -> str:
 def resolve_model(name_or_path: str) -> Path:
     """A local folder with the weights of ``name_or_path``, found offline, within a second or so.
 
-    ``zoo:<name>`` names a model this module builds (``zoo:smollm2-135m``, ``zoo:tiny-S``); an existing
+    ``zoo:<name>`` names a model this module builds (``zoo:smollm2-135m``, ``zoo:tiny-S``) or one a zoo
+    recipe built (``zoo:<recipe>/<model>``, see ``python -m madopd_agents.zoo list``); an existing
     path is used as is; anything else is a HuggingFace repo id looked up in the local HF cache only.
     Raises :class:`ModelUnavailableError` saying how to provide the weights when they are not here.
     """
     if name_or_path.startswith("zoo:"):
         key = name_or_path[4:]
+        if "/" in key:  # a model built by a zoo recipe: <recipe>/<model>
+            for root in zoo_roots():
+                if _is_complete(root / key):
+                    return root / key
+            raise ModelUnavailableError(
+                f"zoo model {key!r} is not built (looked in {', '.join(str(r) for r in zoo_roots())}). "
+                f"Build its recipe: python -m madopd_agents.zoo build {key.split('/')[0]}")
         if key not in ZOO_MODELS:
-            raise ModelUnavailableError(f"unknown zoo model {key!r}; known: {', '.join(ZOO_MODELS)}")
+            raise ModelUnavailableError(f"unknown zoo model {key!r}; known: {', '.join(ZOO_MODELS)}, "
+                                        f"or <recipe>/<model> from `python -m madopd_agents.zoo list`")
         return ZOO_MODELS[key]()
     path = Path(name_or_path).expanduser()
     if path.exists():

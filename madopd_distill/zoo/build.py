@@ -1,0 +1,409 @@
+"""Build a zoo recipe: teachers that act, debate, judge and write; students that start weak.
+
+Stages (each deterministic under the recipe's seed, one torch thread):
+
+1. **states**: expert episodes on the recipe's train / calibration / held-out task ranges
+   (:func:`madopd_distill.zoo.data.collect_states`), a tokenizer trained on the recipe's own texts;
+2. **policy**: each teacher learns the plain action on the states of its strengths (plus
+   ``other_fraction`` of the rest): teachers whose skills are complementary by construction;
+3. **calibration**: each teacher plays the calibration states greedily; its accuracy per state kind
+   (Laplace-smoothed) becomes the confidence it will state in that kind of state -- earned from its
+   own measured reliability, never read from the expert's answer;
+4. **protocol**: each teacher continues on every format at once: the plain action (its policy data
+   again, so it does not forget), the blind proposal ``<action>a</action> <<CONFIDENCE=c>>`` with its
+   *own* greedy action ``a`` and calibrated ``c``, its revisions (it keeps its proposal), the scoring
+   context (its own action, so scoring in the debate context matches the plain state), and the
+   judgements of student turns (ground truth from the env, see ``data.py``);
+5. **students**: smaller models with the same tokenizer, a short weak SFT on expert turns;
+6. **measurement** on the held-out states and tasks: per-subset accuracy, episode success, tag parse
+   rate, expected calibration error, accuracy in the scoring context vs the plain state, the share of
+   disagreements where the debate's weights favour the right teacher, judge agreement. The figures go
+   to each model's card and to ``zoo.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from madopd_agents.base import SamplingParams
+from madopd_distill.batch import micro_batches
+from madopd_distill.methods import debate, sage
+from madopd_distill.trajectory import Sample
+from madopd_distill.zoo.data import (Conversation, State, action_reply, collect_states, debate_samples,
+                                     judge_samples)
+from madopd_distill.zoo.recipe import Recipe, RecipeError, StudentSpec, TeacherSpec, TrainSpec
+
+Pair = tuple[Conversation, str]
+DEBATE_ROUNDS = 2  # MAD-OPD's default (madopd_distill/methods/mad_opd.py)
+
+
+def _finite(x: Any) -> Any:
+    """JSON has no NaN: undefined figures (no disagreement to judge, say) are written as null."""
+    if isinstance(x, float) and x != x:
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    return x
+
+
+_T0 = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    print(f"[zoo {time.perf_counter() - _T0:6.0f}s] {msg}", flush=True)
+
+
+# -- training ----------------------------------------------------------------------------------------
+def to_sample(tok: Any, conv: Conversation, target: str) -> Sample:
+    ctx = list(tok.apply_chat_template(conv, add_generation_prompt=True, tokenize=True, return_dict=False))
+    tgt = tok(target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    return Sample(ctx + tgt, [False] * len(ctx) + [True] * len(tgt), [0.0] * (len(ctx) + len(tgt)))
+
+
+def train(model: Any, tok: Any, pairs: Sequence[Pair], spec: TrainSpec, seed: int, what: str) -> dict[str, float]:
+    """Cross-entropy on the targets, ``spec.steps`` steps of ``spec.batch_samples`` samples (epochs of a
+    seeded shuffle), linear warm-up then constant learning rate."""
+    from madopd_distill.trainer import student_forward
+
+    if spec.steps == 0 or not pairs:
+        return {"steps": 0, "loss_first": float("nan"), "loss_last": float("nan")}
+    samples = [to_sample(tok, c, t) for c, t in pairs]
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, spec.warmup_steps)))
+    order: list[int] = []
+    losses = []
+    model.train()
+    t0 = time.perf_counter()
+    for step in range(spec.steps):
+        if len(order) < spec.batch_samples:
+            more = list(range(len(samples)))
+            rng.shuffle(more)
+            order += more
+        chunk, order = [samples[i] for i in order[: spec.batch_samples]], order[spec.batch_samples:]
+        opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for batch in micro_batches(chunk, "token_mean", tok.pad_token_id, 16384):
+            loss = -(batch.reduce_weight * student_forward(model, batch).token_logprobs).sum()
+            loss.backward()
+            total += float(loss.detach())
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(total)
+        if (step + 1) % max(1, spec.steps // 5) == 0:
+            log(f"{what}: step {step + 1}/{spec.steps} loss {sum(losses[-20:]) / len(losses[-20:]):.4f}")
+    model.eval()
+    k = max(1, min(20, len(losses) // 5))
+    return {"steps": spec.steps, "samples": len(samples), "loss_first": sum(losses[:k]) / k,
+            "loss_last": sum(losses[-k:]) / k, "seconds": time.perf_counter() - t0}
+
+
+def check_bases(recipe: Recipe) -> Any:
+    """The pretrained bases' shared tokenizer (``None`` for ``base=new`` recipes), checked before any
+    training: a missing base or two tokenizers fail here, in one line."""
+    from transformers import AutoTokenizer
+
+    from madopd_agents.zoo import resolve_model
+
+    bases = sorted({m.base for m in [*recipe.teachers, *recipe.students]} - {"new"})
+    toks = {b: AutoTokenizer.from_pretrained(str(resolve_model(b)), local_files_only=True) for b in bases}
+    vocabs = {b: t.get_vocab() for b, t in toks.items()}
+    if len({json.dumps(v, sort_keys=True) for v in vocabs.values()}) > 1:
+        raise RecipeError(f"recipe {recipe.name}: the bases {bases} have different tokenizers; teachers and students "
+                          f"of one recipe must share one (OPD compares their distributions token by token)")
+    return next(iter(toks.values()), None)
+
+
+def new_model(tok: Any, spec: TeacherSpec | StudentSpec) -> Any:
+    """A tiny Qwen3 from config, or the spec's pretrained base (its first ``keep_layers`` layers)."""
+    from madopd_agents.zoo import tiny_qwen3
+
+    if spec.base == "new":
+        return tiny_qwen3(tok, size=spec.size, seed=spec.seed, **spec.overrides)
+    from madopd_distill.trainer import load_causal_lm
+
+    model, _ = load_causal_lm(spec.base)
+    if spec.keep_layers:
+        model.model.layers = model.model.layers[: spec.keep_layers]
+        model.config.num_hidden_layers = len(model.model.layers)
+        if getattr(model.config, "layer_types", None):
+            model.config.layer_types = model.config.layer_types[: spec.keep_layers]
+    return model
+
+
+# -- generation and measurement ----------------------------------------------------------------------
+def generate(agent: Any, convs: Sequence[Conversation], max_new_tokens: int) -> list[str]:
+    if not convs:
+        return []
+    sp = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
+    return [o.text for o in agent.act(list(convs), sp)]
+
+
+def parse_action(reply: str) -> str:
+    from madopd_envs.prompts import extract_action
+
+    return extract_action(reply)[0]
+
+
+def accuracy(actions: Sequence[str], states: Sequence[State]) -> float:
+    return sum(a == s.expert_action for a, s in zip(actions, states)) / max(1, len(states))
+
+
+def calibration_table(actions: Sequence[str], states: Sequence[State], kinds: Sequence[str]) -> dict[str, int]:
+    """Per kind, the Laplace-smoothed accuracy ``(right + 1) / (n + 2)`` as an integer percentage."""
+    table = {}
+    for kind in [*kinds, "other"]:
+        hits = [a == s.expert_action for a, s in zip(actions, states) if s.kind == kind]
+        table[kind] = round(100 * (sum(hits) + 1) / (len(hits) + 2))
+    return table
+
+
+def expected_calibration_error(confidences: Sequence[float], correct: Sequence[bool], bins: int = 10) -> float:
+    """ECE over equal-width confidence bins (confidences in [0, 1])."""
+    n = len(confidences)
+    if n == 0:
+        return float("nan")
+    err = 0.0
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        idx = [i for i, c in enumerate(confidences) if lo <= c < hi or (b == bins - 1 and c == 1.0)]
+        if idx:
+            acc = sum(correct[i] for i in idx) / len(idx)
+            conf = sum(confidences[i] for i in idx) / len(idx)
+            err += len(idx) / n * abs(acc - conf)
+    return err
+
+
+class EpisodeEval:
+    """Greedy success on the held-out tasks, through the collector OPD's evaluation uses; one set of
+    env workers serves every model of the recipe (the student is swapped between runs)."""
+
+    def __init__(self, recipe: Recipe, num_envs: int = 2):
+        from madopd_distill.rollout import RolloutCollector, RolloutPrompt
+
+        self.recipe = recipe
+        self.sampling = SamplingParams(temperature=0.0, max_new_tokens=recipe.max_new_tokens)
+        self.col = RolloutCollector(recipe.env, num_envs, None, self.sampling,
+                                    prompt=RolloutPrompt.for_env(recipe.env, **recipe.prompt),
+                                    env_kwargs=recipe.env_kwargs)
+        split = recipe.heldout_tasks.split
+        self.ids = recipe.heldout_tasks.ids(self.col.vec.call("tasks", split, indices=[0])[0])
+
+    def __call__(self, agent: Any) -> dict[str, float]:
+        from madopd_distill.trainer import evaluate
+
+        self.col.student = agent
+        m = evaluate(self.col, self.ids, self.recipe.heldout_tasks.split, self.sampling, self.recipe.max_env_steps)
+        return {"success_rate": m["eval_success_rate"], "score": m["eval_score"], "episodes": m["eval_episodes"]}
+
+    def close(self) -> None:
+        self.col.close()
+
+
+def subset_accuracy(actions: Sequence[str], states: Sequence[State], recipe: Recipe) -> dict[str, float]:
+    """Accuracy on the held-out states of each teacher's strengths (the complementarity table)."""
+    out = {"all": accuracy(actions, states)}
+    for t in recipe.teachers:
+        sel = [(a, s) for a, s in zip(actions, states) if s.kind in t.strengths]
+        out[f"{t.name}_kinds"] = accuracy([a for a, _ in sel], [s for _, s in sel])
+        out[f"{t.name}_kinds_states"] = len(sel)
+    return out
+
+
+def measure_debate(recipe: Recipe, agents: Sequence[Any], held: Sequence[State]) -> dict[str, Any]:
+    """Run MAD-OPD's own debate over the held-out states with the built teachers and measure it."""
+    gens = [lambda convs, a=a: generate(a, convs, recipe.max_new_tokens) for a in agents]
+    debates = debate.run_debate([s.context for s in held], gens, rounds=DEBATE_ROUNDS, tau=1.0, mode="agentic")
+    replies = [r for d in debates for rnd in d.replies for r in rnd]
+    parsed = [debate.parse_confidence(r) for r in replies]
+    confs, correct = [], []
+    for d, s in zip(debates, held):
+        for reply, c in zip(d.replies[0], [debate.parse_confidence(r) for r in d.replies[0]]):
+            if c is not None:
+                confs.append(c / 100.0)
+                correct.append(parse_action(reply) == s.expert_action)
+    favoured, disagreements = 0, 0
+    for d, s in zip(debates, held):
+        right = [parse_action(r) == s.expert_action for r in d.replies[-1]]
+        if any(right) and not all(right):
+            disagreements += 1
+            best = max(range(len(right)), key=lambda k: d.weights[k])
+            favoured += right[best] and d.weights[best] > min(d.weights)
+    # Scoring context (what MAD-OPD's teachers condition on) vs the plain state, per teacher.
+    scoring = {}
+    for k, (spec, agent) in enumerate(zip(recipe.teachers, agents)):
+        convs = [debate.scoring_context(s.context, d.transcript(), k, "agentic") for s, d in zip(held, debates)]
+        scoring[spec.name] = accuracy([parse_action(r) for r in generate(agent, convs, recipe.max_new_tokens)], held)
+    weights = [d.weights for d in debates]
+    return {
+        "states": len(held),
+        "tag_parse_rate": sum(c is not None for c in parsed) / max(1, len(parsed)),
+        "ece_round1": expected_calibration_error(confs, correct),
+        "disagreements": disagreements,
+        "right_teacher_favoured": favoured / disagreements if disagreements else float("nan"),
+        "scoring_context_accuracy": scoring,
+        "weight_std_over_states": [float(torch.tensor([w[k] for w in weights]).std()) for k in range(len(agents))],
+    }
+
+
+def measure_judge(agent: Any, held: Sequence[State], scheme: str, max_new_tokens: int) -> dict[str, Any]:
+    """The judge's agreement with the env's ground truth on held-out student turns (see ``data.py``)."""
+    pairs = [p for s in held for p in judge_samples(s, scheme)]
+    truth = [t.removeprefix("<<JUDGE=").removesuffix(">>") for _, t in pairs]
+    got = [sage.parse_judgement(r, scheme) for r in generate(agent, [c for c, _ in pairs], max_new_tokens)]
+    n = max(1, len(truth))
+    return {
+        "candidates": len(pairs),
+        "parse_rate": sum(j is not None for j in got) / n,
+        "agreement": sum(j == t for j, t in zip(got, truth)) / n,
+        "truth_mix": {lab: truth.count(lab) / n for lab in sage.LEVELS[scheme]},
+        "judged_mix": {lab: got.count(lab) / n for lab in sage.LEVELS[scheme]},
+    }
+
+
+# -- the build -----------------------------------------------------------------------------------------
+def build(recipe: Recipe, command: str = "", out_root: Path | None = None, episodes_eval: bool = True) -> dict[str, Any]:
+    """Build every model of ``recipe`` into ``<out_root>/<recipe>/<model>``; return the zoo index."""
+    from madopd_agents.hf import HFAgent
+    from madopd_agents.zoo import _save_folder, build_tokenizer, zoo_dir
+
+    torch.set_num_threads(1)
+    t_start = time.perf_counter()
+    root = (out_root or zoo_dir()) / recipe.name
+    root.mkdir(parents=True, exist_ok=True)
+
+    log(f"{recipe.name}: collecting expert states on {recipe.env}")
+    train_states = collect_states(recipe, recipe.train_tasks, seed=recipe.seed)
+    cal_states = collect_states(recipe, recipe.calibration_tasks, judge_candidates=0, seed=recipe.seed + 1)
+    held = collect_states(recipe, recipe.heldout_tasks, seed=recipe.seed + 2)
+    log(f"states: train {len(train_states)}, calibration {len(cal_states)}, held-out {len(held)}")
+
+    # One tokenizer for every model of the recipe, trained on the texts they will read and write.
+    corpus: list[str] = []
+    for s in train_states[:400]:
+        for conv, target in [*debate_samples(s, 0, [s.expert_action] * len(recipe.teachers),
+                                             [50] * len(recipe.teachers), DEBATE_ROUNDS),
+                             *judge_samples(s, "two"), *judge_samples(s, "three")]:
+            corpus += [m["content"] for m in conv] + [target]
+    tok = check_bases(recipe)
+    if tok is None:
+        tok = build_tokenizer(corpus, vocab_size=recipe.vocab_size)
+
+    def plain(states: Sequence[State]) -> list[Pair]:
+        return [(s.context, action_reply(s.expert_action)) for s in states]
+
+    teachers, agents, figures = [], [], {}
+    for i, spec in enumerate(recipe.teachers):
+        rng = random.Random(recipe.seed * 1000 + i)
+        own = [s for s in train_states if s.kind in spec.strengths or rng.random() < spec.other_fraction]
+        model = new_model(tok, spec)
+        fit = train(model, tok, plain(own), spec.policy, spec.seed, f"{spec.name} policy")
+        teachers.append((spec, model, own, fit))
+        agents.append(HFAgent(model, tok, name=spec.name, batch_size=32))
+
+    # Calibration and each teacher's own greedy actions (the debate targets), before protocol training.
+    tables, own_actions = [], []
+    for (spec, _, _, _), agent in zip(teachers, agents):
+        cal_actions = [parse_action(r) for r in generate(agent, [s.context for s in cal_states], recipe.max_new_tokens)]
+        tables.append(calibration_table(cal_actions, cal_states, recipe.kinds))
+        own_actions.append([parse_action(r) for r in generate(agent, [s.context for s in train_states],
+                                                               recipe.max_new_tokens)])
+        log(f"{spec.name} calibration (confidence per kind): {tables[-1]}")
+
+    for k, (spec, model, own, fit) in enumerate(teachers):
+        pairs = plain(own)
+        for j, s in enumerate(train_states):
+            acts = [own_actions[t][j] for t in range(len(teachers))]
+            confs = [tables[t][s.kind] for t in range(len(teachers))]
+            pairs += debate_samples(s, k, acts, confs, DEBATE_ROUNDS)
+            pairs += judge_samples(s, "two") + judge_samples(s, "three")
+        fit2 = train(model, tok, pairs, spec.protocol, spec.seed + 1, f"{spec.name} protocol")
+        figures[spec.name] = {"role": "teacher", "strengths": spec.strengths, "other_fraction": spec.other_fraction,
+                              "train_states": len(own), "calibration": tables[k],
+                              "fit": {"policy": fit, "protocol": fit2}}
+
+    episodes = EpisodeEval(recipe) if episodes_eval else None
+    for (spec, model, _, _), agent in zip(teachers, agents):
+        acts = [parse_action(r) for r in generate(agent, [s.context for s in held], recipe.max_new_tokens)]
+        figures[spec.name]["heldout_plain_accuracy"] = subset_accuracy(acts, held, recipe)
+        figures[spec.name]["judge"] = {scheme: measure_judge(agent, held, scheme, recipe.max_new_tokens)
+                                       for scheme in sage.LEVELS}
+        if episodes:
+            figures[spec.name]["heldout_episodes"] = episodes(agent)
+    debate_figures = measure_debate(recipe, agents, held)
+    log(f"debate: {json.dumps(debate_figures)}")
+
+    students = []
+    for spec_s in recipe.students:
+        rng = random.Random(recipe.seed + 7)
+        tasks = sorted({s.task_id for s in train_states})
+        chosen = set(rng.sample(tasks, min(spec_s.episodes, len(tasks))))
+        model = new_model(tok, spec_s)
+        fit = train(model, tok, plain([s for s in train_states if s.task_id in chosen]), spec_s.train, spec_s.seed,
+                    f"{spec_s.name} sft")
+        agent = HFAgent(model, tok, name=spec_s.name, batch_size=32)
+        acts = [parse_action(r) for r in generate(agent, [s.context for s in held], recipe.max_new_tokens)]
+        figures[spec_s.name] = {"role": "student", "sft_episodes": len(chosen), "fit": fit,
+                                "heldout_plain_accuracy": subset_accuracy(acts, held, recipe)}
+        if episodes:
+            figures[spec_s.name]["heldout_episodes"] = episodes(agent)
+        students.append((spec_s, model))
+    if episodes:
+        episodes.close()
+
+    build_s = time.perf_counter() - t_start
+    index = {"recipe": recipe.name, "env": recipe.env, "env_kwargs": recipe.env_kwargs, "prompt": recipe.prompt,
+             "command": command, "seed": recipe.seed, "build_seconds": round(build_s, 1),
+             "states": {"train": len(train_states), "calibration": len(cal_states), "heldout": len(held)},
+             "debate": debate_figures, "models": {}}
+    for spec_m, model in [(t[0], t[1]) for t in teachers] + students:
+        path = root / spec_m.name
+        _save_folder(path, model, tok)
+        entry = {"name": f"{recipe.name}/{spec_m.name}", "path": str(path), **base_of(spec_m),
+                 "parameters": sum(p.numel() for p in model.parameters()),
+                 "size_bytes": sum(f.stat().st_size for f in path.iterdir() if f.is_file()), **figures[spec_m.name]}
+        index["models"][spec_m.name] = entry
+        write_card(path, recipe, entry, index)
+    (root / "zoo.json").write_text(json.dumps(_finite(index), indent=2))
+    log(f"{recipe.name}: built {len(index['models'])} models in {build_s:.0f} s -> {root}")
+    return index
+
+
+def base_of(spec: TeacherSpec | StudentSpec) -> dict[str, str]:
+    if spec.base == "new":
+        return {"base": "tiny Qwen3 initialised from config (no pretrained weights); tokenizer trained on the "
+                        "recipe's texts", "license": "Apache-2.0 (trained here from scratch on engine-generated data)"}
+    layers = f", first {spec.keep_layers} layers" if spec.keep_layers else ""
+    return {"base": f"{spec.base}{layers}, fine-tuned",
+            "license": "the base model's licence (SmolLM2-135M-Instruct: Apache-2.0)" if "smollm2" in spec.base
+            else "the base model's licence"}
+
+
+def write_card(path: Path, recipe: Recipe, entry: dict[str, Any], index: dict[str, Any]) -> None:
+    """``card.json`` (machine-readable) and ``README.md`` beside the weights."""
+    card = {**entry, "recipe": recipe.name, "env": recipe.env, "env_kwargs": recipe.env_kwargs,
+            "prompt": recipe.prompt, "max_new_tokens": recipe.max_new_tokens, "command": index["command"],
+            "build_seconds_whole_recipe": index["build_seconds"],
+            "base": entry["base"], "license": entry["license"],
+            "data": f"expert episodes of {recipe.env} {recipe.env_kwargs or ''} train tasks "
+                    f"{recipe.train_tasks.first}..{recipe.train_tasks.first + recipe.train_tasks.count - 1}"}
+    if entry["role"] == "teacher":
+        card["debate"] = index["debate"]
+    (path / "card.json").write_text(json.dumps(_finite(card), indent=2))
+    lines = [f"# {entry['name']}", "", f"Built by `{index['command'] or 'python -m madopd_agents.zoo build ' + recipe.name}`.",
+             "", f"- role: {entry['role']}; parameters: {entry['parameters']:,}; size on disk: "
+                 f"{entry['size_bytes'] / 1e6:.1f} MB; whole recipe built in {index['build_seconds']:.0f} s",
+             f"- base: {card['base']}", f"- licence: {card['license']}", f"- data: {card['data']}", "",
+             "Measured on the recipe's held-out states and tasks:", "", "```json",
+             json.dumps(_finite({k: v for k, v in entry.items() if k not in ("name", "path")}), indent=1), "```"]
+    (path / "README.md").write_text("\n".join(lines) + "\n")

@@ -1,0 +1,190 @@
+"""A zoo recipe: which env, which teachers with which strengths, which students, how long to train.
+
+Recipes are Hydra YAML files in ``leaderboards/conf/zoo/<name>.yaml``; ``Recipe.from_dict`` checks
+every field before anything is built, so a bad recipe fails at once in one line.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from madopd_distill.trainer import _from_dict
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be built; the message says what to change."""
+
+
+@dataclass
+class TaskRange:
+    """Tasks ``first .. first + count - 1`` of the env's ``split``."""
+
+    first: int = 0
+    count: int = 100
+    split: str = "train"
+
+    def ids(self, all_ids: list[str]) -> list[str]:
+        ids = all_ids[self.first: self.first + self.count]
+        if len(ids) < self.count:
+            raise RecipeError(f"split {self.split!r} has {len(all_ids)} tasks; the recipe asks for {self.count} "
+                              f"from task {self.first}")
+        return ids
+
+    def overlaps(self, other: TaskRange) -> bool:
+        return self.split == other.split and self.first < other.first + other.count and other.first < self.first + self.count
+
+
+@dataclass
+class TrainSpec:
+    """Supervised training of one model: optimizer steps, batch, learning rate."""
+
+    steps: int = 300
+    batch_samples: int = 32
+    lr: float = 5e-3
+    warmup_steps: int = 20
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.batch_samples < 1 or self.lr <= 0 or self.warmup_steps < 0:
+            raise RecipeError("train: steps >= 0, batch_samples >= 1, lr > 0 and warmup_steps >= 0")
+
+
+@dataclass
+class TeacherSpec:
+    """A teacher: trained well on the states of its ``strengths`` kinds, and on ``other_fraction`` of
+    the other states (so its skills are complementary to another teacher's in a measurable way).
+
+    Attributes:
+        name: the model's name in the zoo (``zoo:<recipe>/<name>``).
+        strengths: kinds (see ``Recipe.kinds``) whose states it trains on.
+        other_fraction: share of the other kinds' states kept in its action training.
+        base: ``new`` (a tiny Qwen3 from config, ``size``/``overrides``) or a pretrained model to
+            fine-tune (folder, HF id in the local cache, ``zoo:smollm2-135m``); ``keep_layers`` keeps
+            its first N decoder layers (smaller students from the same base).
+        policy: stage 1, the plain action policy. protocol: stage 2, every format (plain, debate,
+            revision, scoring, judge) on top of stage 1.
+    """
+
+    name: str
+    strengths: list[str] = field(default_factory=list)
+    other_fraction: float = 0.0
+    base: str = "new"
+    keep_layers: int | None = None
+    size: str = "S"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    policy: TrainSpec = field(default_factory=TrainSpec)
+    protocol: TrainSpec = field(default_factory=TrainSpec)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.other_fraction <= 1.0:
+            raise RecipeError(f"teacher {self.name}: other_fraction must be in [0, 1], got {self.other_fraction}")
+
+
+@dataclass
+class StudentSpec:
+    """A student: smaller than the teachers, same tokenizer, a short weak SFT on expert turns
+    (``base``/``keep_layers``/``size``/``overrides`` as for teachers)."""
+
+    name: str
+    base: str = "new"
+    keep_layers: int | None = None
+    size: str = "S"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    episodes: int = 40
+    train: TrainSpec = field(default_factory=lambda: TrainSpec(steps=40))
+
+
+@dataclass
+class Recipe:
+    """Everything a zoo build needs (see ``leaderboards/conf/zoo/*.yaml`` for commented examples).
+
+    Attributes:
+        name: the recipe's name; models land in ``<cache>/zoo/<name>/<model>``.
+        env / env_kwargs / prompt: the environment and the prompt format every model is trained in
+            (the format OPD then uses: a model trained in one format is not tested in another).
+        kinds: words that name a state's kind; a state's kind is the one found (as a whole word)
+            earliest in its newest observation, else ``other``. Teachers' strengths are sets of kinds
+            (``other`` included where wanted).
+        train_tasks / calibration_tasks / heldout_tasks: disjoint task ranges: teachers learn on the
+            first, their confidence is calibrated on the second, every figure is measured on the third.
+        vocab_size: the shared tokenizer's size (trained on the recipe's own texts).
+        max_env_steps: episode cap when playing.
+        max_new_tokens: generation cap of a reply (an action plus a confidence tag).
+    """
+
+    name: str
+    env: str
+    kinds: list[str]
+    teachers: list[TeacherSpec]
+    students: list[StudentSpec]
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    prompt: dict[str, Any] = field(default_factory=dict)
+    train_tasks: TaskRange = field(default_factory=lambda: TaskRange(0, 400))
+    calibration_tasks: TaskRange = field(default_factory=lambda: TaskRange(800, 100))
+    heldout_tasks: TaskRange = field(default_factory=lambda: TaskRange(900, 50))
+    vocab_size: int = 1024
+    max_env_steps: int = 20
+    max_new_tokens: int = 24
+    seed: int = 0
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name or ""):
+            raise RecipeError(f"recipe name {self.name!r}: use letters, digits, '_', '-' and '.' only")
+        if len(self.teachers) < 2:
+            raise RecipeError(f"recipe {self.name}: a zoo needs >= 2 teachers (debates, routing); got {len(self.teachers)}")
+        if not self.students:
+            raise RecipeError(f"recipe {self.name}: name at least one student")
+        bases = {m.base == "new" for m in [*self.teachers, *self.students]}
+        if len(bases) > 1:
+            raise RecipeError(f"recipe {self.name}: teachers and students share one tokenizer: build them all "
+                              f"from base=new, or all from pretrained bases with the same tokenizer")
+        names = [m.name for m in [*self.teachers, *self.students]]
+        if len(set(names)) != len(names):
+            raise RecipeError(f"recipe {self.name}: model names must be unique, got {names}")
+        for t in self.teachers:
+            unknown = set(t.strengths) - set(self.kinds) - {"other"}
+            if unknown or not t.strengths:
+                raise RecipeError(f"teacher {t.name}: strengths must be a non-empty subset of kinds {self.kinds} "
+                                  f"(or 'other'); unknown: {sorted(unknown)}")
+        ranges = {"train_tasks": self.train_tasks, "calibration_tasks": self.calibration_tasks,
+                  "heldout_tasks": self.heldout_tasks}
+        items = list(ranges.items())
+        for i, (a, ra) in enumerate(items):
+            for b, rb in items[i + 1:]:
+                if ra.overlaps(rb):
+                    raise RecipeError(f"recipe {self.name}: {a} and {b} overlap; they must be disjoint")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Recipe:
+        d = dict(d)
+        try:
+            for key in ("train_tasks", "calibration_tasks", "heldout_tasks"):
+                if key in d:
+                    d[key] = _from_dict(TaskRange, d[key], key)
+            d["teachers"] = [_spec(TeacherSpec, t, ("policy", "protocol")) for t in d.get("teachers") or []]
+            d["students"] = [_spec(StudentSpec, s, ("train",)) for s in d.get("students") or []]
+            for key in ("env_kwargs", "prompt"):
+                d[key] = d.get(key) or {}
+            return _from_dict(cls, d, "zoo recipe")
+        except RecipeError:
+            raise
+        except (TypeError, ValueError) as e:
+            raise RecipeError(str(e)) from None
+
+    def kind_of(self, observation: str) -> str:
+        """The state's kind: the kind word found earliest in ``observation``, else ``other``."""
+        found = [(m.start(), k) for k in self.kinds if (m := re.search(rf"\b{re.escape(k)}\b", observation))]
+        return min(found)[1] if found else "other"
+
+
+def _spec(cls: type, d: Any, nested: tuple[str, ...]) -> Any:
+    d = dict(d or {})
+    for key in nested:
+        if key in d:
+            d[key] = _from_dict(TrainSpec, d[key], key)
+    d["overrides"] = d.get("overrides") or {}
+    return _from_dict(cls, d, cls.__name__)

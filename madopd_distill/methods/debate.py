@@ -1,7 +1,9 @@
 """MAD-OPD's teacher debate, as pure functions: prompts, transcript, confidence tags, weights.
 
-Paper: MAD-OPD (arXiv 2605.01347), code chiefovoavicii/MAD-OPD (read for semantics, not copied).
-Protocol (``batch_blind_mad_debate_and_force_decode`` there):
+Paper: MAD-OPD (arXiv 2605.01347), code chiefovoavicii/MAD-OPD@6c7a66a (read for semantics, not
+copied). Protocol (``mad_opd/trainers/vllm_teacher_manager.py:786``,
+``batch_blind_mad_debate_and_force_decode``; tag instruction at :844-849, uniform fallback at
+:1006-1033, tag parsing at :1101-1104):
 
 - round 1 is *blind*: each teacher answers the student's on-policy state alone;
 - rounds 2..R: each teacher sees the transcript so far and revises ("you don't have to agree");
@@ -14,7 +16,8 @@ Protocol (``batch_blind_mad_debate_and_force_decode`` there):
 A state is a chat conversation (the student's context at one turn). The paper works on raw prompt
 text; the natural reading for chat states -- and the default here -- appends the debate
 instructions to the last user message (``placement="last_user"``); ``placement="new_user"``
-adds them as a separate user message instead.
+adds them as a separate user message instead (ours). The prompt wording is ours, written to the
+protocol above; the "agentic" prompt family (propose the next action) is ours too.
 """
 
 from __future__ import annotations

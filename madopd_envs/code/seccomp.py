@@ -25,6 +25,7 @@ import ctypes.util
 import errno
 import functools
 import os
+import tempfile
 
 SCMP_ACT_ALLOW = 0x7FFF0000
 SCMP_CMP_EQ = 4
@@ -117,21 +118,12 @@ def filter_bpf() -> bytes:
         add("prctl", eperm, (0, SCMP_CMP_EQ, PR_SET_DUMPABLE, 0), (1, SCMP_CMP_NE, 0, 0))
         for request in (TIOCSTI, TIOCLINUX):
             add("ioctl", eperm, (1, SCMP_CMP_MASKED_EQ, 0xFFFFFFFF, request))
-        r, w = os.pipe()
-        try:
-            rc = lib.seccomp_export_bpf(ctx, w)
-            os.close(w)
-            w = -1
+        with tempfile.TemporaryFile() as fh:
+            rc = lib.seccomp_export_bpf(ctx, fh.fileno())
             if rc < 0:
                 raise SeccompUnavailable(f"seccomp_export_bpf failed: {os.strerror(-rc)}")
-            chunks = []
-            while chunk := os.read(r, 65536):
-                chunks.append(chunk)
-            return b"".join(chunks)
-        finally:
-            os.close(r)
-            if w >= 0:
-                os.close(w)
+            fh.seek(0)
+            return fh.read()
     finally:
         lib.seccomp_release(ctx)
 

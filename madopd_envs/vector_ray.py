@@ -155,7 +155,15 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
         try:
             ray.init(address=address, **kwargs)
         except Exception as e:
-            raise RayBackendError(f"cannot join the Ray cluster at {address}: {str(e).splitlines()[0]}") from e
+            chain, c = [], e
+            while c is not None and len(chain) < 5:
+                chain.append(f"{type(c).__name__}: {c}")
+                c = c.__cause__ or c.__context__
+            hint = ""
+            if any("InvalidAuthToken" in x or "AuthenticationError" in x for x in chain):
+                hint = ("; the cluster uses token auth: start Python with RAY_AUTH_MODE=token and the cluster's token "
+                        "(RAY_AUTH_TOKEN or ~/.ray/auth_token)")
+            raise RayBackendError(f"cannot join the Ray cluster at {address}: {str(e).splitlines()[0]}{hint}") from e
         return False
     # A local cluster on loopback with a small object store: env traffic is a few KB of text per step.
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), object_store_memory=100 * 2**20,

@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from madopd_distill.study import results, runner
 
+    if args.jobs > (os.cpu_count() or 1):
+        log(f"warning: --jobs {args.jobs} exceeds the {os.cpu_count()} cores; cells will slow each other down")
+
     log(f"{cfg.name}: {len(cells)} cells ({len(cfg.methods)} methods x {len(cfg.seeds)} seeds), "
         f"{len(train_ids)} train / {len(eval_ids)} held-out tasks; work in {cfg.work_dir}, results in {cfg.output_dir}")
     try:

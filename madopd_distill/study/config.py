@@ -401,24 +401,30 @@ def validate(cfg: StudyConfig, cells: list[Cell]) -> tuple[list[str], list[str]]
     return ids
 
 
+def hydra_path(d: Path) -> str:
+    return "'file://" + str(d.resolve()).replace("'", "\\'") + "'"
+
+
 def load_study(name: str, overrides: list[str], conf_dir: Path) -> StudyConfig:
     """Compose ``<conf_dir>/<name>.yaml`` (or a YAML path) with Hydra overrides."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    path = Path(name)
+    path, default_dir = Path(name), conf_dir
     if name.endswith((".yaml", ".yml")):
         if not path.is_file():
             raise StudyError(f"study config {path} does not exist")
         conf_dir, name = path.resolve().parent, path.stem
     elif not (conf_dir / f"{name}.yaml").is_file():
-        known = sorted(p.stem for p in conf_dir.glob("*.yaml"))
+        known = sorted(p.stem for p in conf_dir.glob("*.yaml") if not p.stem.startswith("_"))  # _*: included parts
         raise StudyError(f"no study config {name!r} in {conf_dir}; known: {', '.join(known) or '(none)'}")
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir.resolve()), version_base="1.3"):
-            raw = compose(config_name=name, overrides=list(overrides))
+            # the repo's study folder stays searchable, so a study elsewhere can include `_methods`
+            search = f"hydra.searchpath=[{hydra_path(default_dir)}]"
+            raw = compose(config_name=name, overrides=[*overrides, search])
     except Exception as e:  # Hydra's override / interpolation errors
         raise StudyError(f"study {name}: {' '.join(str(e).split())}") from None
     d = OmegaConf.to_container(raw, resolve=True)

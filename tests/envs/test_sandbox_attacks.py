@@ -408,7 +408,7 @@ def test_dev_is_read_only_and_dev_shm_is_capped_within_the_tmp_budget(sandbox):
     """
     r = sandbox.run(textwrap.dedent(code), "", [("value", "f()")], entry_point="f")
     (ok, (dev, written, sizes)), = r.values
-    assert ok and dev == "OSError" or dev == "PermissionError", dev
+    assert ok and dev in ("OSError", "PermissionError"), dev
     assert written <= LIMITS.shm_mb << 20 and sum(sizes) <= LIMITS.tmp_mb << 20, (written, sizes)
 
 
@@ -460,7 +460,7 @@ def test_memory_spread_over_processes_counts_against_the_run(sandbox):
     assert ok and 9 in signals, signals  # the kernel killed some: together they hit the run's bound
 
 
-def test_without_a_cgroup_the_rlimit_bound_is_reported():
+def test_without_a_cgroup_the_rlimit_bound_is_reported(sandbox):
     sb = Sandbox(LIMITS, memory_cgroup=False)
     r = run(sb, "def f():\n    return 1\n", "assert candidate() == 1")
     assert r.all_passed and r.memory_bound == sb.memory_bound() == \

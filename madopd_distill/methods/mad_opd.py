@@ -13,7 +13,7 @@ Relative to vanilla OPD:
 Provenance of each choice (paper code paths are in chiefovoavicii/MAD-OPD@6c7a66a):
 - blind round 1, then revisions on the transcript: ``mad_opd/trainers/mad_opd_trainer.py:1180-1198``;
 - ``w = softmax(c / 100 / tau)``, ``tau = 1``: ``mad_opd/trainers/mad_opd_core.py:31-38``; uniform
-  weights when a tag is missing: ours (the code's parse fallback is not in the files read);
+  weights when a tag is missing: ``mad_opd/trainers/vllm_teacher_manager.py:1006-1033``;
 - ``rounds=2``, dynamic weights on: ``scripts/run_mad_opd.sh:57``;
 - debate sampling 0.7 / 0.8: ``scripts/run_mad_opd.sh:58``;
 - JSD beta=0.5 on agentic tasks, reverse KL on code: ``scripts/run_mad_opd.sh:55`` and

@@ -29,7 +29,8 @@ Provenance of each choice:
 - ``max_turns=8``, ``max_samples``: ours (the code's ``toolace_max_turns=10``,
   ``mad_opd/_mad_opd_args.py:71``, caps its *full* on-policy mode, not teacher forcing).
 
-MAD-OPD over these states: ``method=mad_opd method.history=expert`` (see ``mad_opd.py``).
+MAD-OPD (and MT-OPD) over these states: ``method=mad_opd method.history=expert``. The published
+configuration (JSD 0.5, loss temperature 0.7, per-sample mean): ``method=opad_paper``.
 """
 
 from __future__ import annotations

@@ -59,8 +59,9 @@ class Product:
 class Goal:
     """One instruction and what the reward checks it against (upstream's goal dict, typed).
 
-    ``goal_options`` holds option *values* (human goals store a list of values; upstream's synthetic
-    goals store ``{name: value}``, whose values are kept here).
+    ``goal_options`` holds option *values*. Human goals store a list of values; upstream's synthetic
+    goals store ``{name: value}``, and its reward matches each ``(name, value)`` *pair* (it passes
+    ``goal_options.items()``): ``option_names`` keeps the names of synthetic goals (empty for human ones).
     """
 
     asin: str
@@ -73,6 +74,7 @@ class Goal:
     product_category: str
     name: str
     weight: float = 1.0
+    option_names: tuple[str, ...] = ()
 
 
 @dataclass
@@ -217,10 +219,11 @@ def build_catalogue(
     return Catalogue(products=products, prices=prices, goals=goals, source=source)
 
 
-def _goal(p: Product, text: str, attrs: list[str], options: Iterable[str], upper: float, weight: float = 1.0) -> Goal:
+def _goal(p: Product, text: str, attrs: list[str], options: Iterable[str], upper: float, weight: float = 1.0,
+          option_names: Iterable[str] = ()) -> Goal:
     return Goal(asin=p.asin, instruction_text=text, attributes=tuple(attrs), goal_options=tuple(options),
                 price_upper=upper, query=p.query, category=p.category, product_category=p.product_category,
-                name=p.title, weight=weight)
+                name=p.title, weight=weight, option_names=tuple(option_names))
 
 
 def _human_goals(products: list[Product], prices: dict[str, float], human: dict[str, list[dict[str, Any]]],
@@ -252,7 +255,7 @@ def _synthetic_goals(products: list[Product], prices: dict[str, float], attribut
         for combo in cartesian(*(p.options[n] for n in names)):
             option_text = ", and ".join(f"{n}: {v}" for n, v in zip(names, combo))
             option_text = f" with {option_text}" if option_text else ""
-            goals.append(_goal(p, f"{text}{option_text}{price_text}", attrs, combo, upper))
+            goals.append(_goal(p, f"{text}{option_text}{price_text}", attrs, combo, upper, option_names=names))
             for a in attrs:
                 counts[a] = counts.get(a, 0) + 1
     return [replace(g, weight=sum(1.0 / counts[a] for a in g.attributes) / len(g.attributes)) for g in goals]

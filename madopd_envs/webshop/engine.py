@@ -17,10 +17,13 @@ As upstream: ``Next >`` is always offered on results pages (past the last page i
 ``< Prev`` goes results -> previous page, item -> its results page, sub page -> item; a new search or
 returning to results clears the chosen options; ``click[Buy Now]`` ends the episode with the reward.
 Differences, on purpose: an action that upstream silently ignores is answered in words (and
-flagged invalid); ``search[...]`` is accepted only where the page has a search bar unless
-``search_anywhere=True`` (upstream's text env accepts it on every page); ``Search[...]``/``CLICK[...]``
+flagged invalid); ``Search[...]``/``CLICK[...]``
 and surrounding spaces are accepted (upstream needs lower-case names); the done page shows the
 score without upstream's hidden MTurk fields.
+
+As upstream's text env, ``search[...]`` works from every page (``search_anywhere=True``, the default),
+while the admissible actions list it only where the page shows a search bar (upstream's
+``has_search_bar``); ``search_anywhere=False`` refuses it elsewhere, as the rendered site would.
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ class ShopEngine:
     """The site for one shopper at a time. ``start(goal)``, then ``act(action)`` and ``observation()``."""
 
     def __init__(self, catalogue: Catalogue, index: SearchIndex, *, show_attrs: bool = False,
-                 search_anywhere: bool = False):
+                 search_anywhere: bool = True):
         self.catalogue = catalogue
         self.index = index
         self.show_attrs = show_attrs
@@ -131,8 +134,9 @@ class ShopEngine:
         return self.s.page is Page.SEARCH
 
     def available_actions(self) -> list[str]:
-        """Admissible actions: the search template where there is a search bar, then ``click[...]``."""
-        actions = [SEARCH_TEMPLATE] if self.has_search_bar() or (self.search_anywhere and self.s.page is not Page.DONE) else []
+        """Admissible actions: the search template where there is a search bar, then ``click[...]``
+        (as upstream's ``get_available_actions``: search is listed only there, even where it works)."""
+        actions = [SEARCH_TEMPLATE] if self.has_search_bar() else []
         return actions + [f"click[{c}]" for c in self.clickables() if c != "search"]
 
     # -- transitions --------------------------------------------------------------------------------

@@ -86,8 +86,8 @@ class WebShopEnv(TextEnv):
         human_goals: crowd-sourced instructions (upstream's text-env default) or synthetic ones.
         seed: the bundled catalogue's generator seed.
         show_attrs: add upstream's hidden ``Attributes`` sub page to item pages.
-        search_anywhere: accept ``search[...]`` on every page, as upstream's text env does; by default
-            only where a search bar is shown.
+        search_anywhere: accept ``search[...]`` on every page, as upstream's text env does (default);
+            ``False`` only where a search bar is shown. Either way ``admissible_actions`` lists it only there.
         index_cache: where an official catalogue's bm25s index is cached: a folder, ``None`` for
             ``$MADOPD_CACHE/webshop-index``, or ``False`` to rebuild it every time.
     """
@@ -96,7 +96,7 @@ class WebShopEnv(TextEnv):
     splits: ClassVar[tuple[str, ...]] = ("train", "valid", "test")
 
     def __init__(self, data_dir: str | None = None, *, variant: str = "auto", num_products: int | None = None,
-                 human_goals: bool = True, seed: int = 0, show_attrs: bool = False, search_anywhere: bool = False,
+                 human_goals: bool = True, seed: int = 0, show_attrs: bool = False, search_anywhere: bool = True,
                  index_cache: str | Path | bool | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.catalogue, index = load_shop(data_dir, variant=variant, num_products=num_products,

@@ -124,15 +124,20 @@ def test_invalid_actions_change_nothing_and_say_why(eng, action, reason):
     assert eng.observation() == before
 
 
-def test_search_only_where_a_search_bar_is_unless_search_anywhere(shop, eng):
+def test_search_from_any_page_as_upstreams_text_env_listed_only_where_a_bar_is(shop, eng):
+    # upstream's WebAgentTextEnv.step runs search[...] whatever the page; get_available_actions says
+    # has_search_bar only on the search page
+    assert eng.search_anywhere  # the default
     eng.act("search[deodorant]")
-    out = eng.act("search[speaker]")
+    assert SEARCH_TEMPLATE not in eng.available_actions()
+    eng.act(f"click[{eng.s.results[0].lower()}]")
+    assert eng.s.page.value == "item" and eng.act("search[speaker]").valid and eng.s.results == ["B0FIX00003"]
+    strict = ShopEngine(*shop, search_anywhere=False)  # the rendered site: only where the bar is
+    strict.start(shop[0].goals[1])
+    assert SEARCH_TEMPLATE in strict.available_actions()
+    strict.act("search[deodorant]")
+    out = strict.act("search[speaker]")
     assert not out.valid and "no search bar" in out.message
-    lenient = ShopEngine(*shop, search_anywhere=True)  # upstream's text env accepts it on any page
-    lenient.start(shop[0].goals[1])
-    lenient.act("search[deodorant]")
-    assert lenient.act("search[speaker]").valid and lenient.s.results == ["B0FIX00003"]
-    assert SEARCH_TEMPLATE in lenient.available_actions()
 
 
 # -- pagination on the bundled catalogue -----------------------------------------------------------------

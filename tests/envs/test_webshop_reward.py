@@ -9,6 +9,7 @@ from madopd_envs.webshop.reward import (
     get_reward,
     normalize_color,
     option_matches,
+    rule_nouns,
     title_nouns,
     type_reward,
 )
@@ -138,12 +139,12 @@ def test_reward_half_type_scales_total():
 
 
 # -- noun extraction (the spaCy approximation) ---------------------------------------------------------
-def test_title_nouns_drops_numbers_function_words_participles_and_lowercase_adjectives():
-    assert title_nouns("Saireed UL Listed 2 Prong Power Cord for JBL Bar 3.1") == \
+def test_rule_nouns_drops_numbers_function_words_participles_and_lowercase_adjectives():
+    assert rule_nouns("Saireed UL Listed 2 Prong Power Cord for JBL Bar 3.1") == \
         ["saireed", "ul", "prong", "power", "cord", "jbl", "bar"]
-    assert title_nouns("Mens D.O.N. Issue 2 Gca - Off White") == ["mens", "d.o.n.", "issue", "gca", "white"]
-    assert title_nouns("a soft and portable speaker with 4K video") == ["speaker", "4k", "video"]
-    assert title_nouns("Quickly Padded Seed Feeder") == ["seed", "feeder"]
+    assert rule_nouns("Mens D.O.N. Issue 2 Gca - Off White") == ["mens", "d.o.n.", "issue", "gca", "white"]
+    assert rule_nouns("a soft and portable speaker with 4K video") == ["speaker", "4k", "video"]
+    assert rule_nouns("Quickly Padded Seed Feeder") == ["seed", "feeder"]
 
 
 UPSTREAM_TITLE_CASES = [  # upstream tests/web-agent-site/engine/test_goal.py: spaCy title scores
@@ -159,8 +160,19 @@ UPSTREAM_TITLE_CASES = [  # upstream tests/web-agent-site/engine/test_goal.py: s
 ]
 
 
+def has_spacy_model() -> bool:
+    from madopd_envs.webshop.reward import _spacy_pipeline
+
+    return _spacy_pipeline() is not None
+
+
+EXTRACTORS = ["rules", pytest.param("spacy", marks=pytest.mark.skipif(not has_spacy_model(), reason="no spaCy model"))]
+
+
+@pytest.mark.parametrize("extractor", EXTRACTORS)
 @pytest.mark.parametrize("goal_name,bought,spacy_score", UPSTREAM_TITLE_CASES)
-def test_noun_approximation_gives_upstreams_type_factor(goal_name, bought, spacy_score):
+def test_both_noun_extractors_give_upstreams_type_factor(goal_name, bought, spacy_score, extractor, monkeypatch):
+    monkeypatch.setenv("MADOPD_WEBSHOP_NOUNS", extractor)  # upstream's scores came from spaCy 3.3
     g = goal(name=goal_name, query="q1", product_category="A › B")
     t = type_reward(product(title=bought, query="q2", product_category="C › D"), g)
     assert t.title_score == pytest.approx(spacy_score, abs=0.12)  # documented gap: 0.44 vs 0.33 on the first
@@ -169,3 +181,57 @@ def test_noun_approximation_gives_upstreams_type_factor(goal_name, bought, spacy
         return 0.0 if score == 0 else 0.1 if score < 0.1 else 0.5 if score <= 0.2 else 1.0
 
     assert t.r_type == bucket(spacy_score if spacy_score > 0.05 else 0.0)
+
+
+# -- synthetic goals: upstream matches (name, value) pairs ----------------------------------------------
+def test_synthetic_goal_options_are_name_value_pairs_as_upstream():
+    # Upstream's get_reward passes goal_options.items() for synthetic goals: normalize_color(pair) is
+    # tuple membership, then thefuzz reads str(pair) -> "color navy blue", which "navy" matches.
+    assert option_matches(["navy"], ["navy blue"], ["color"]) == 1
+    assert option_matches(["navy"], ["navy blue"]) == 0  # human goals: a value, colour-normalised to "blue"
+    assert option_matches(["blue"], ["navy blue"], ["color"]) == 1
+    assert option_matches(["black"], ["black"], ["color"]) == 1  # a value that *is* a colour word: normalised
+    assert option_matches(["x-large"], ["large"], ["size"]) == 0  # "x large" vs "size large": 83, not > 85
+    assert option_matches(["small", "navy"], ["small", "navy blue"], ["size", "color"]) == 2
+
+
+def test_synthetic_goal_bought_with_a_shorter_colour_scores_one_as_upstream(tmp_path):
+    """Upstream-format files with one product (colours "Navy" and "Navy Blue"), synthetic goals, played
+    through the env: buying "navy" for the goal "color: navy blue" scores 1.0 upstream (was 0.667)."""
+    import json
+
+    from madopd_envs.webshop.env import WebShopEnv
+
+    raw = {"asin": "B0NAVY0001", "name": "Harbor Cotton Crew Socks for Men", "full_description": "Soft socks.",
+           "small_description": ["Cotton blend"], "pricing": "$12.00", "images": [""], "category": "fashion",
+           "query": "men's socks", "product_category": "Clothing, Shoes & Jewelry › Men › Socks",
+           "customization_options": {"Color": [{"value": "Navy", "image": None}, {"value": "Navy Blue", "image": None}]}}
+    ins = {"B0NAVY0001": {"attributes": ["cotton blend"], "instruction": "i want cotton crew socks",
+                          "instruction_attributes": ["cotton blend"]}}
+    (tmp_path / "items_shuffle.json").write_text(json.dumps([raw]))
+    (tmp_path / "items_ins_v2.json").write_text(json.dumps(ins))
+    env = WebShopEnv(str(tmp_path), human_goals=False, index_cache=False, split="test")
+    goals = env.catalogue.goals
+    target = next(i for i, g in enumerate(goals) if g.goal_options == ("navy blue",))
+    assert goals[target].option_names == ("color",) and "with color: navy blue" in goals[target].instruction_text
+    env.reset(options={"task_id": str(target)})
+    for action in ("search[cotton crew socks]", "click[b0navy0001]", "click[navy]"):
+        assert env.step(action)[4]["action_valid"], action
+    _, reward, term, _, info = env.step("click[Buy Now]")
+    assert term and reward == 1.0 and info["won"] and info["reward_info"]["r_option"] == 1.0
+
+
+@pytest.mark.skipif(not has_spacy_model(), reason="no spaCy English model (pip install 'madopd[webshop-spacy]')")
+def test_spacy_nouns_are_used_when_a_model_is_importable(monkeypatch):
+    from madopd_envs.webshop.reward import noun_extractor, spacy_nouns
+
+    monkeypatch.delenv("MADOPD_WEBSHOP_NOUNS", raising=False)
+    title = "Trailrunner Leather Hiking Boots for Women, Waterproof"
+    assert noun_extractor().startswith("spacy 3.8") and "en_core_web_sm" in noun_extractor()
+    assert title_nouns(title) == list(spacy_nouns(title)) == ["trailrunner", "leather", "hiking", "boots", "women",
+                                                               "waterproof"]
+    assert title_nouns("a soft and portable speaker with 4K video") == ["speaker", "k", "video"]  # not the rules
+    r = get_reward(product(), goal(), 10.0, {})
+    assert r.nouns == noun_extractor() and r.as_dict()["nouns"].startswith("spacy")
+    monkeypatch.setenv("MADOPD_WEBSHOP_NOUNS", "rules")
+    assert noun_extractor() == "rules" and get_reward(product(), goal(), 10.0, {}).nouns == "rules"

@@ -3,8 +3,9 @@
 ``episodes.jsonl`` is the source of truth. Each line is written when its episode finishes, then
 flushed and fsynced, so a killed eval loses at most the episodes in flight; a line cut by the kill (even
 inside a multi-byte UTF-8 character) is dropped, said so, and cut off the file on resume. A write that
-fails (full disk, read-only filesystem) is undone and raised as :class:`OutputError`, one line. ``summary.json`` is a pure function of the records of the
-planned units, so an interrupted-and-resumed eval ends with the summary of an uninterrupted one.
+fails (full disk, read-only filesystem) is undone and raised as :class:`OutputError`, one line.
+``summary.json`` is a pure function of the records of the planned units, so an interrupted-and-resumed
+eval ends with the summary of an uninterrupted one.
 """
 
 from __future__ import annotations

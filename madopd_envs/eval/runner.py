@@ -103,7 +103,8 @@ def data_source(env: Any) -> str:
     if catalogue is not None and hasattr(catalogue, "products"):
         from madopd_envs.webshop.search import corpus_key
 
-        return f"catalogue {catalogue.source or '?'} (sha256 {corpus_key(catalogue.products)}, {len(catalogue.goals)} goals)"
+        digest = corpus_key(catalogue.products)
+        return f"catalogue {catalogue.source or '?'} (sha256 {digest}, {len(catalogue.goals)} goals)"
     return "the engine's own tasks"
 
 
@@ -394,6 +395,9 @@ def check_output(output: Path) -> None:
         os.unlink(probe)
 
 
+FROM_CARD_ARGS = {"OpenAIAgent": {"served_model"}}  # read by from_card, not by __init__
+
+
 def _check_backend_args(card: Any, agent_args: dict[str, Any]) -> None:
     """Unknown ``--agent-args`` keys fail here instead of being ignored by a backend that takes ``**_``."""
     from madopd_agents import registry as agents
@@ -408,13 +412,17 @@ def _check_backend_args(card: Any, agent_args: dict[str, Any]) -> None:
     passed = set(agent_args) - agents._CARD_KEYS - agents._SAMPLING_KEYS - agents._PROMPT_KEYS
     if not passed:
         return
-    params = inspect.signature(cls.__init__).parameters
+    # Backend args reach __init__, or from_pretrained for model backends; ``**_`` means "ignored".
+    params = {**inspect.signature(cls.__init__).parameters}
+    if hasattr(cls, "from_pretrained"):
+        params.update(inspect.signature(cls.from_pretrained).parameters)
     if any(p.kind is p.VAR_KEYWORD and p.name != "_" for p in params.values()):
-        return  # the backend forwards extra keywords somewhere: it checks them itself
-    known = sorted(k for k, p in params.items() if k not in ("self", "name") and p.kind is not p.VAR_KEYWORD)
+        return  # the backend forwards extra keywords (to the model loader): it checks them itself
+    known = sorted({k for k, p in params.items() if k not in ("self", "name") and p.kind is not p.VAR_KEYWORD}
+                   | FROM_CARD_ARGS.get(cls.__name__, set()) | {"batch_size"})  # batch_size: every card may set it
     unknown = sorted(passed - set(known))
     if unknown:
-        options = sorted(known + list(agents._SAMPLING_KEYS | agents._PROMPT_KEYS | agents._CARD_KEYS))
+        options = sorted(set(known) | agents._SAMPLING_KEYS | agents._PROMPT_KEYS | agents._CARD_KEYS)
         raise ConfigError(f"--agent-args: unknown key(s) {', '.join(unknown)} for agent {card.name} (backend "
                           f"{card.backend}); known: {', '.join(options)}")
 

@@ -94,13 +94,19 @@ class MisbehavingAgent(ExpertAgent):
 
 class DiskFillingExpert(ExpertAgent):
     """The expert, which fills the filesystem of ``fill`` (a tmpfs) at its ``after``-th call: the disk
-    becomes full mid-run, as when another process writes a large file."""
+    becomes full mid-run, as when another process writes a large file. From then on its replies are long
+    (a model's reasoning), so the next record needs a new page of the full disk. ``$MADOPD_TEST_FIXED``:
+    a plain expert."""
 
     def __init__(self, name: str = "filler", fill: str = "", after: int = 3):
         super().__init__(name=name)
         self.fill, self.after, self.calls = fill, int(after), 0
 
     def act(self, conversations, sampling, infos=None):
+        from madopd_agents.base import ActionOutput
+
+        if os.environ.get("MADOPD_TEST_FIXED"):
+            return super().act(conversations, sampling, infos)
         self.calls += 1
         if self.calls == self.after:
             try:
@@ -110,4 +116,7 @@ class DiskFillingExpert(ExpertAgent):
                         fh.flush()
             except OSError:
                 pass
-        return super().act(conversations, sampling, infos)
+        outs = super().act(conversations, sampling, infos)
+        if self.calls >= self.after:
+            outs = [ActionOutput(text="Thinking... " * 1000 + f"<action>{o.text}</action>") for o in outs]
+        return outs

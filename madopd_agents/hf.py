@@ -13,6 +13,14 @@ Log-probabilities (``ActionOutput.logprobs``) are those of the distribution each
 ``top_p < 1``. With ``temperature == 0`` (greedy) the token is the argmax and its logprob is taken from
 ``log_softmax(logits)`` (temperature 1, no truncation), i.e. the model's own distribution. Computed in
 float32 whatever the model dtype. ``token_ids`` include the end-of-turn token when the model emitted it.
+
+Multi-turn prompts grow every turn, and re-encoding the whole conversation each turn is quadratic in
+turns. With ``prefix_cache > 0`` the agent keeps the keys/values of the last sequences it processed
+(prompt + reply) and, for each new prompt, reuses those of the longest common token prefix, so a turn
+encodes only what the env added (the prefix-caching idea of vLLM's automatic prefix caching and
+SGLang's RadixAttention, arXiv:2312.07104, done here per row). Matching is on token ids, so a reply the
+chat template re-renders differently (thoughts stripped, another tokenisation) only shortens the reuse.
+The cache is dropped whenever the model's weights change (an optimizer step, a weight load).
 """
 
 from __future__ import annotations
@@ -37,6 +45,9 @@ class HFAgent:
         chat_template_kwargs: extra variables for the chat template.
         max_prompt_tokens: longer prompts keep their last tokens (``meta["prompt_truncated"]``);
             default: the model's context length minus ``max_new_tokens``.
+        prefix_cache: how many processed sequences keep their keys/values for reuse by later prompts
+            that start with them (0: off; default ``max(16, 2 * batch_size)``). Each held token costs
+            ``2 * layers * kv_heads * head_dim`` floats (46 KB fp32 for SmolLM2-135M).
     """
 
     def __init__(
@@ -49,6 +60,7 @@ class HFAgent:
         enable_thinking: bool | None = None,
         chat_template_kwargs: dict[str, Any] | None = None,
         max_prompt_tokens: int | None = None,
+        prefix_cache: int | None = None,
     ):
         from madopd_agents.zoo import CHATML_TEMPLATE
 
@@ -63,6 +75,8 @@ class HFAgent:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.eos_ids = self._eos_ids()
+        rows = max(16, 2 * self.batch_size) if prefix_cache is None else int(prefix_cache)
+        self.prefix_cache = PrefixCache(rows) if rows > 0 else None
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, dtype: str = "auto", device: str | None = None,
@@ -143,6 +157,8 @@ class HFAgent:
         outputs: list[ActionOutput] = []
         was_training = self.model.training
         self.model.eval()
+        if self.prefix_cache is not None:
+            self.prefix_cache.check(self.model)
         try:
             with torch.inference_mode():
                 for start in range(0, len(rows), self.batch_size):
@@ -159,22 +175,34 @@ class HFAgent:
 
         t0 = time.perf_counter()
         pad = self.tokenizer.pad_token_id
-        width = max(len(ids) for ids, _ in rows)
+        pc = self.prefix_cache
+        matches = [pc.match(ids) for ids, _ in rows] if pc is not None else [(None, 0)] * len(rows)
+        # Every row feeds its last `width` tokens (left-padded when shorter) and takes the keys/values
+        # of the tokens before them from the cache. A row needing fewer new tokens than the widest
+        # re-encodes some cached ones instead of padding: the same compute, and no holes in the mask.
+        width = max(len(ids) - min(n, len(ids) - 1) for (ids, _), (_, n) in zip(rows, matches))
+        reused = [max(0, len(ids) - width) for ids, _ in rows]
+        past = max(reused)
         input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        attention = torch.zeros((len(rows), past + width), dtype=torch.long)
         for r, (ids, _) in enumerate(rows):  # left padding: every prompt ends at the same column
-            input_ids[r, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-            attention[r, width - len(ids):] = 1
+            fed = ids[reused[r]:]
+            input_ids[r, width - len(fed):] = torch.tensor(fed, dtype=torch.long)
+            attention[r, past + width - len(ids):] = 1
         input_ids, attention = input_ids.to(device), attention.to(device)
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, past:]
+        hits = past > 0 and pc is not None
+        new_cache = (lambda: pc.batch([(e, c) for (e, _), c in zip(matches, reused)], past)) if hits \
+            else DynamicCache
+        cache = new_cache()
         try:  # logits of the last position only: a [B, L, vocab] prompt logits tensor is wasted memory
             out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
                              past_key_values=cache, use_cache=True, logits_to_keep=1)
         except TypeError:  # architectures without logits_to_keep
-            cache = DynamicCache()
+            cache = new_cache()
             out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
                              past_key_values=cache, use_cache=True)
+        prefill_seconds = time.perf_counter() - t0
         done = torch.zeros(len(rows), dtype=torch.bool, device=device)
         tokens: list[list[int]] = [[] for _ in rows]
         logprobs: list[list[float]] = [[] for _ in rows]
@@ -210,22 +238,129 @@ class HFAgent:
             out = self.model(input_ids=token[:, None], attention_mask=attention, position_ids=positions,
                              past_key_values=cache, use_cache=True)
         elapsed = time.perf_counter() - t0
+        if pc is not None:
+            starts = [past + width - len(ids) for ids, _ in rows]
+            pc.store(cache, [ids + toks for (ids, _), toks in zip(rows, tokens)], starts,
+                     [len(ids) + len(toks) - 1 for (ids, _), toks in zip(rows, tokens)], matches)
         results = []
         for r, (ids, truncated) in enumerate(rows):
             text = texts[r] if texts[r] is not None else self.tokenizer.decode(tokens[r], skip_special_tokens=True)
             results.append(ActionOutput(
                 text=text, token_ids=tokens[r], logprobs=logprobs[r], prompt_token_ids=list(ids),
                 finish_reason=finish[r],
-                meta={"batch_seconds": elapsed, "prompt_truncated": truncated, "backend": "hf",
+                meta={"batch_seconds": elapsed, "prefill_seconds": prefill_seconds, "prompt_truncated": truncated,
+                      "backend": "hf", "prompt_tokens_reused": reused[r],
                       "logprobs": "sampling distribution (temperature, top_p)" if sp.temperature > 0
                       else "model distribution (greedy)",
                       **({"top_logprobs": tops[r]} if top_k else {})},
             ))
         return results
 
+    def clear_cache(self) -> None:
+        """Forget every held prefix (they are also dropped by themselves when the weights change)."""
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
+
     def close(self) -> None:
         """Drop the references to the model (the caller may still hold its own)."""
         self.model = None
+        self.clear_cache()
+
+
+class PrefixCache:
+    """Keys/values of recently processed token sequences, reused by prompts that start with them.
+
+    Each entry is one row's sequence (prompt + reply, without the reply's last token, which was
+    never fed) and its per-layer keys/values ``[kv_heads, length, head_dim]``. A prompt takes the
+    entry with the longest common token prefix; an entry that a new sequence extends is replaced by
+    it, and beyond ``max_rows`` the least recently used entries go. Holds only models whose cache is
+    made of plain (full-attention) ``DynamicLayer`` s; anything else is simply not stored.
+    """
+
+    def __init__(self, max_rows: int):
+        self.max_rows = max_rows
+        self._entries: list[_Entry] = []
+        self._clock = 0
+        self._weights: tuple[tuple[int, int], ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        self._entries = []
+
+    def check(self, model: Any) -> None:
+        """Drop everything if any parameter changed since the last call (in-place updates bump a
+        tensor's version counter; a reassigned parameter has a new storage)."""
+        weights = tuple((p.data_ptr(), p._version) for p in model.parameters())
+        if weights != self._weights:
+            self.clear()
+            self._weights = weights
+
+    def match(self, ids: list[int]) -> tuple[_Entry | None, int]:
+        """The entry sharing the longest prefix with ``ids``, and that prefix's length."""
+        import numpy as np
+
+        best: tuple[_Entry | None, int] = (None, 0)
+        query = np.asarray(ids, dtype=np.int64)
+        for entry in self._entries:
+            m = min(len(query), len(entry.ids))
+            same = query[:m] == entry.ids[:m]
+            n = m if bool(same.all()) else int(same.argmin())
+            if n > best[1]:
+                best = (entry, n)
+        if best[0] is not None:
+            self._clock += 1
+            best[0].used = self._clock
+        return best
+
+    def batch(self, rows: list[tuple[_Entry | None, int]], past: int) -> Any:
+        """A ``DynamicCache`` holding, per row, the first ``n`` cached positions right-aligned to
+        column ``past`` (zeros, masked out, before them)."""
+        import torch
+        from transformers import DynamicCache
+
+        ref = next(e for e, n in rows if e is not None and n > 0)
+        layers = []
+        for layer, (k0, v0) in enumerate(ref.kv):
+            k = k0.new_zeros((len(rows), k0.shape[0], past, k0.shape[2]))
+            v = v0.new_zeros((len(rows), v0.shape[0], past, v0.shape[2]))
+            for r, (entry, n) in enumerate(rows):
+                if entry is not None and n > 0:
+                    k[r, :, past - n:] = entry.kv[layer][0][:, :n]
+                    v[r, :, past - n:] = entry.kv[layer][1][:, :n]
+            layers.append((k, v))
+        return DynamicCache(ddp_cache_data=layers)
+
+    def store(self, cache: Any, seqs: list[list[int]], starts: list[int], lengths: list[int],
+              matches: list[tuple[_Entry | None, int]]) -> None:
+        """Keep row ``r``'s keys/values of ``seqs[r][:lengths[r]]``, found from column ``starts[r]``."""
+        import numpy as np
+        from transformers.cache_utils import DynamicLayer
+
+        if not all(type(layer) is DynamicLayer for layer in cache.layers):
+            return  # sliding-window / hybrid caches: positions are not simply columns
+        for entry, n in matches:  # the new sequence contains the whole entry: it supersedes it
+            if entry is not None and n == len(entry.ids) and entry in self._entries:
+                self._entries.remove(entry)
+        for r, (seq, start, length) in enumerate(zip(seqs, starts, lengths)):
+            if length < 1:
+                continue
+            kv = [(layer.keys[r, :, start:start + length].clone(), layer.values[r, :, start:start + length].clone())
+                  for layer in cache.layers]
+            self._clock += 1
+            self._entries.append(_Entry(np.asarray(seq[:length], dtype=np.int64), kv, self._clock))
+        self._entries.sort(key=lambda e: e.used, reverse=True)
+        del self._entries[self.max_rows:]
+
+
+class _Entry:
+    """One cached sequence: its token ids, its per-layer ``(keys, values)`` and when it was last used."""
+
+    __slots__ = ("ids", "kv", "used")
+
+    def __init__(self, ids: Any, kv: list[tuple[Any, Any]], used: int):
+        self.ids, self.kv, self.used = ids, kv, used
 
 
 def _sample(logits: Any, sp: SamplingParams, generator: Any) -> tuple[Any, Any, Any]:

@@ -169,7 +169,11 @@ class MADOPD(MTOPD):
         self._last = {"mad/tags_found": sum(d.tags_found for d in debates) / (n * len(self.agents)),
                       "mad/debated_turns": float(len(debates))}
         for k, name in enumerate(self.ctx.teachers):
-            self._last[f"mad/weight/{name}"] = sum(d.weights[k] for d in debates) / n if debates else 0.0
+            ws = [d.weights[k] for d in debates]
+            mean = sum(ws) / n if debates else 0.0
+            self._last[f"mad/weight/{name}"] = mean
+            # spread over the step's states: 0 when every state got the same weights (e.g. no tags)
+            self._last[f"mad/weight_std/{name}"] = (sum((w - mean) ** 2 for w in ws) / n) ** 0.5 if debates else 0.0
         return samples
 
     def _generator(self, agent: Any):

@@ -17,6 +17,7 @@ from madopd_distill.zoo.data import State, collect_states, judge_samples
 REPO = Path(__file__).resolve().parents[2]
 # The simonsays recipe at toy size: a few tasks, a few steps (seconds, not the full build's minutes).
 TOY = ["train_tasks.count=12", "calibration_tasks.count=4", "heldout_tasks.count=3", "students.0.episodes=3",
+       "max_new_tokens=12", "teachers.0.protocol.batch_samples=8", "teachers.1.protocol.batch_samples=8",
        "students.0.train.steps=2"] + [f"teachers.{k}.{stage}.steps=2" for k in (0, 1) for stage in ("policy", "protocol")]
 
 

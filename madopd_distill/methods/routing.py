@@ -44,8 +44,8 @@ from madopd_distill.batch import StepBatch
 from madopd_distill.methods.base import LossOutput, MethodContext, StudentOutput, reduce_rows, row_divergence, sampled_kl
 from madopd_distill.methods.mt_opd import MTOPD, MTOPDConfig
 from madopd_distill.methods.routing_core import (ComplementaryHead, LearnedRouter, best_teacher_targets,
-                                                 complementary_sft_loss, confidence_route, disagreement_rows,
-                                                 fuse_logits, gather_routed, route_shares, teacher_features)
+                                                 complementary_sft_loss, confidence_route, fuse_logits, gather_routed,
+                                                 route_shares, teacher_features)
 from madopd_distill.methods.sage import token_confidence
 from madopd_distill.rollout import Sample, Trajectory, to_samples
 from madopd_distill.teachers import TokenScores
@@ -161,8 +161,8 @@ class TokenRouting(MTOPD):
                 raise ValueError("FusionRoute's complementary logit needs full-distribution teachers (backend hf); "
                                  "set method.complementary=false for sparse (vllm/openai) teachers")
             fused = fuse_logits(s.logits.to(comp.device), comp)
-            lp = torch.log_softmax(fused / self.cfg.temperature, -1)
-            tok = lp.gather(-1, batch.targets.to(lp.device)[:, None]).squeeze(-1)
+            z = fused / self.cfg.temperature  # gather - logsumexp: no second [N, V] log-softmax copy
+            tok = z.gather(-1, batch.targets.to(z.device)[:, None]).squeeze(-1) - torch.logsumexp(z, -1)
             out.append(TokenScores(tok.to(s.token_logprobs.dtype), logits=fused))
         return out
 
@@ -191,11 +191,15 @@ class TokenRouting(MTOPD):
                     route: torch.Tensor) -> dict[str, float]:
         """One Adam step of the complementary head (FusionRoute's SFT stage, on won episodes' tokens)."""
         won = torch.tensor([s.meta.get("won", False) for s in batch.samples], dtype=torch.bool)[batch.rows]
-        logits = torch.stack([s.logits.float() for s in scores])  # [K, N, V]
-        rows = won if self.cfg.complementary_rows == "all" else won & disagreement_rows(logits)
+        top = torch.stack([s.logits.argmax(-1).cpu() for s in scores])  # [K, N]
+        disagree = (top != top[:1]).any(0)  # as routing_core.disagreement_rows, without a [K, N, V] stack
+        rows = won if self.cfg.complementary_rows == "all" else won & disagree
         if not bool(rows.any()):
             return {"route/comp_rows": 0.0}
-        routed_logits = logits[route.to(logits.device), torch.arange(logits.shape[1], device=logits.device)]
+        routed_logits = scores[0].logits.float().clone()
+        for k, s in enumerate(scores[1:], start=1):
+            pick = (route == k).to(routed_logits.device)
+            routed_logits[pick] = s.logits.float().to(routed_logits.device)[pick]
         dev = hidden.device
         self.head_opt.zero_grad()
         loss = complementary_sft_loss(self.head, hidden.to(dev), routed_logits.to(dev), batch.targets.to(dev),

@@ -55,7 +55,7 @@ def replay(env, task_id: str, steps: int, seed: int) -> tuple[str, int, float]:
 
 
 def speed(args: argparse.Namespace) -> int:
-    env = madopd_envs.make("madopd/ALFWorld-v0", split="valid_unseen", max_episode_steps=None, fast=False)
+    env = madopd_envs.make("madopd/ALFWorld-v0", split="valid_unseen", max_episode_steps=None, fast=None)
     ids = env.tasks("valid_unseen")
     kitchens = [t for t in ids if t.split("/")[1].endswith("-10")]
     games = (kitchens[:1] + [t for t in ids if t not in kitchens[:1]])[: args.games]

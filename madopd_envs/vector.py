@@ -115,6 +115,19 @@ class _Worker:
         self.conn.close()
 
 
+def default_recycle_after(env_id: str) -> int | None:
+    """The ``recycle_after`` class attribute of ``env_id``'s env class (engines that leak per game set
+    it), else ``None``. Importing an env module is cheap: engines load lazily."""
+    from madopd_envs.registry import _resolve, spec
+
+    try:
+        cls = _resolve(spec(env_id).entry_point)
+    except Exception:  # unknown id or a broken plugin: the worker's make() reports it in words
+        return None
+    value = getattr(cls, "recycle_after", None)
+    return value if isinstance(value, int) else None
+
+
 class TextVectorEnv:
     """``num_envs`` copies of a registered env, each in its own worker process.
 
@@ -124,7 +137,8 @@ class TextVectorEnv:
         group_size: consecutive envs form groups that play the *same* task from the same seed (as
             GRPO/OPD groups need); ``num_envs`` must be a multiple of it.
         step_timeout: seconds a step or reset may take before the worker is declared hung.
-        recycle_after: restart a worker after this many episodes (engines that leak); ``None``: never.
+        recycle_after: restart a worker after this many episodes (engines that leak); ``None``: never;
+            ``"auto"`` (default): the env class's ``recycle_after`` (ALFWorld sets one), else never.
         env_kwargs: passed to ``make`` in every worker.
     """
 
@@ -136,9 +150,11 @@ class TextVectorEnv:
         group_size: int = 1,
         step_timeout: float = 60.0,
         start_timeout: float = 300.0,
-        recycle_after: int | None = None,
+        recycle_after: int | None | str = "auto",
         **env_kwargs: Any,
     ):
+        if recycle_after == "auto":
+            recycle_after = default_recycle_after(env_id)
         if num_envs < 1 or num_envs % group_size:
             raise ValueError(f"num_envs ({num_envs}) must be a positive multiple of group_size ({group_size})")
         self.env_id, self.num_envs, self.group_size = env_id, num_envs, group_size

@@ -12,8 +12,9 @@ a version.
 
 from __future__ import annotations
 
+import contextlib
 import zlib
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterator
 
 from madopd_envs.core import TextEnv
 
@@ -32,14 +33,20 @@ class ALFWorldEnv(TextEnv):
         game_seed: seed of the generated sets (0 = the shipped eval sets).
         num_train_games: train games listed for the generated sets.
         fast: memoise TextWorld's grammar parsing (``fastgrammar``; identical traces, ~3x faster).
+            ``False``: stock TextWorld, even after a ``fast=True`` env in the same process;
+            ``None``: whatever ``fastgrammar.install()``/``uninstall()`` set (benchmarks).
         **kwargs: ``TextEnv`` arguments (``split``, ``expert``, ``max_episode_steps``...).
+
+    ``recycle_after``: the engine keeps ~2 MB per game load (stock TextWorld too), so
+    ``make_vec`` restarts an ALFWorld worker after this many episodes unless told otherwise.
     """
 
     family: ClassVar[str] = "alfworld"
     splits: ClassVar[tuple[str, ...]] = ("train", "valid_seen", "valid_unseen")
+    recycle_after: ClassVar[int | None] = 50
 
     def __init__(self, *, data_path: str | None = None, game_seed: int = 0, num_train_games: int = 1000,
-                 fast: bool = True, **kwargs: Any):
+                 fast: bool | None = True, **kwargs: Any):
         super().__init__(**kwargs)
         from madopd_envs.alfworld.data import GeneratedData, OfficialData, configured_data_path
         from madopd_envs.alfworld.engine import alfworld_version
@@ -61,13 +68,23 @@ class ALFWorldEnv(TextEnv):
             raise ValueError(f"ALFWorldEnv: unknown split {split!r}; known: {list(self.splits)}")
         return self.source.tasks(split)
 
+    @contextlib.contextmanager
+    def _parser(self) -> Iterator[None]:
+        """TextWorld's parsing as ``fast`` says, for the engine calls inside the block."""
+        from madopd_envs.alfworld import fastgrammar
+
+        if self.fast:
+            fastgrammar.install()
+        with fastgrammar.mode(self.fast):
+            yield
+
     def _load(self, task_id: str, split: str) -> tuple[str, dict[str, Any]]:
         if not task_id.startswith(f"{split}/"):
             raise ValueError(f"ALFWorld task {task_id!r} is not in split {split!r}")
-        if self.fast:
-            from madopd_envs.alfworld import fastgrammar
+        with self._parser():
+            return self._load_game(task_id)
 
-            fastgrammar.install()
+    def _load_game(self, task_id: str) -> tuple[str, dict[str, Any]]:
         if self._engine is None or self._engine_task != task_id:
             from madopd_envs.alfworld.engine import open_game
 
@@ -89,6 +106,10 @@ class ALFWorldEnv(TextEnv):
         return state["feedback"], self._info(state, 0.0, expert_action)
 
     def _act(self, action: str) -> tuple[str, float, bool, dict[str, Any]]:
+        with self._parser():
+            return self._act_engine(action)
+
+    def _act_engine(self, action: str) -> tuple[str, float, bool, dict[str, Any]]:
         command = action.strip()
         valid = command in self._admissible  # the engine answers "Nothing happens." to anything else
         state, score, done = self._engine.step(command)

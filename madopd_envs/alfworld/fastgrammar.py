@@ -21,17 +21,47 @@ domain and problem texts). ``install(translations=True)`` (the default) keeps th
 ``TRANSLATION_CACHE_SIZE`` translations, so a reset, or a return to a recent game, skips grounding.
 
 ``install()`` patches the module-level functions in place (process-wide, idempotent);
-``uninstall()`` restores them, which the side-by-side benchmark and the identity test use.
+``uninstall()`` restores them, which the side-by-side benchmark and the identity test use. Each
+patched function is a switch: inside ``with mode(False):`` it runs the stock function, inside
+``with mode(True):`` (or outside any ``mode``) the memoised one. ``ALFWorldEnv(fast=False)`` runs its
+engine calls under ``mode(False)``, so it gets stock TextWorld even after a ``fast=True`` env installed
+the patches in the same process.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import contextvars
 import copy
 from typing import Any, Callable, Iterator
 
 _ORIGINALS: dict[str, tuple[Any, Callable[..., Any]]] = {}
+
+# None: as installed; False: stock even where installed; True: memoised (where installed).
+_MODE: contextvars.ContextVar[bool | None] = contextvars.ContextVar("madopd_fastgrammar_mode", default=None)
+
+
+@contextlib.contextmanager
+def mode(fast: bool | None) -> Iterator[None]:
+    """Within the block (this thread or task), the patched functions run stock (``False``) or memoised
+    (``True``, needs ``install()``); ``None`` leaves it to ``install()``/``uninstall()``."""
+    token = _MODE.set(fast)
+    try:
+        yield
+    finally:
+        _MODE.reset(token)
+
+
+def _switch(fast: Callable[..., Any], stock_fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fast`` unless the current ``mode`` asks for stock."""
+
+    def switched(*args: Any, **kwargs: Any) -> Any:
+        return (stock_fn if _MODE.get() is False else fast)(*args, **kwargs)
+
+    switched.cache = getattr(fast, "cache", None)  # type: ignore[attr-defined]  (inspection in tests)
+    switched.__wrapped__ = stock_fn  # type: ignore[attr-defined]
+    return switched
 
 
 def _memoised(parse: Callable[..., Any]) -> Callable[..., Any]:
@@ -96,13 +126,13 @@ def install(*, contexts: bool = True, translations: bool = True) -> None:
         if key not in _ORIGINALS:
             original = module._parse_and_convert
             _ORIGINALS[key] = (module, original)
-            module._parse_and_convert = _memoised(original)
+            module._parse_and_convert = _switch(_memoised(original), original)
     if contexts and "contexts" not in _ORIGINALS:
         _ORIGINALS["contexts"] = (textgen, textgen.copy_context)
-        textgen.copy_context = _shallow_copy_context
+        textgen.copy_context = _switch(_shallow_copy_context, textgen.copy_context)
     if translations and "translations" not in _ORIGINALS:
         _ORIGINALS["translations"] = (fast_downward, fast_downward.pddl2sas)
-        fast_downward.pddl2sas = _cached_translation(fast_downward.pddl2sas)
+        fast_downward.pddl2sas = _switch(_cached_translation(fast_downward.pddl2sas), fast_downward.pddl2sas)
 
 
 def uninstall() -> None:

@@ -137,3 +137,22 @@ def test_train_games_are_generated_on_demand_and_cached(tmp_path):
     # The cache is itself upstream-layout data.
     root = next(cached.iterdir())
     assert data.OfficialData(root).tasks("train") == [ids[0]]
+
+
+def test_alfworld_workers_recycle_by_default(monkeypatch):
+    """The engine keeps ~2 MB per game load, so a vector env restarts ALFWorld workers by default."""
+    from madopd_envs.alfworld.env import ALFWorldEnv
+    from madopd_envs.vector import default_recycle_after
+
+    assert default_recycle_after(ENV_ID) == ALFWorldEnv.recycle_after == 50
+    assert default_recycle_after("madopd/TWX-Coin-v0") is None  # engines that do not leak: never
+    monkeypatch.setattr(ALFWorldEnv, "recycle_after", 1)  # the parent decides when to restart
+    with madopd_envs.make_vec(ENV_ID, 1) as vec:
+        assert vec.recycle_after == 1
+        first = vec.pids()[0]
+        obs, _ = vec.reset(options={"task_id": vec.call("tasks", "valid_unseen")[0][0]})
+        assert obs[0] and vec.pids()[0] == first
+        vec.reset(options={"task_id": vec.call("tasks", "valid_unseen")[0][1]})
+        assert vec.pids()[0] != first
+    with madopd_envs.make_vec(ENV_ID, 1, recycle_after=None) as vec:  # an explicit choice wins
+        assert vec.recycle_after is None

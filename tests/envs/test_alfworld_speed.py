@@ -41,7 +41,7 @@ def _walk(env, task_id, steps, seed):
 @pytest.fixture
 def env():
     was = fastgrammar.installed()
-    env = madopd_envs.make(ENV_ID, fast=False, max_episode_steps=None, expert=True)
+    env = madopd_envs.make(ENV_ID, fast=None, max_episode_steps=None, expert=True)  # parsing as install() says
     yield env
     env.close()
     (fastgrammar.install if was else fastgrammar.uninstall)()
@@ -81,6 +81,28 @@ def test_install_is_idempotent_and_reversible():
     with fastgrammar.stock():
         assert textgen._parse_and_convert is stock and textgen.copy_context is stock_copy
     assert textgen._parse_and_convert is not stock
+    (fastgrammar.install if was else fastgrammar.uninstall)()
+
+
+def test_fast_false_is_stock_even_after_a_fast_env_in_the_same_process():
+    import fast_downward
+    import textworld.envs.pddl.textgen as textgen
+
+    was = fastgrammar.installed()
+    fast = madopd_envs.make(ENV_ID, fast=True, max_episode_steps=None)
+    task_id = _small_room(fast)
+    fast_trace = _walk(fast, task_id, 5, seed=3)[:2]  # installs the patches, process-wide
+    assert fastgrammar.installed() and textgen._parse_and_convert.cache
+    memo, grounding = textgen._parse_and_convert.cache, fast_downward.pddl2sas.cache
+    memo.clear()
+    grounding.clear()
+    plain = madopd_envs.make(ENV_ID, fast=False, max_episode_steps=None)
+    assert _walk(plain, task_id, 5, seed=3)[:2] == fast_trace
+    assert not memo and not grounding  # neither the parse memo nor the grounding cache was touched
+    fast.reset(seed=0, options={"task_id": task_id})
+    assert memo  # the fast env still memoises
+    fast.close()
+    plain.close()
     (fastgrammar.install if was else fastgrammar.uninstall)()
 
 

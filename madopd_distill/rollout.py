@@ -172,12 +172,14 @@ class RolloutCollector:
             whose observation no longer shows the task, so the turns that follow teach nothing;
             the invalid turn itself is kept (the teacher's view of it is the lesson).
         env_kwargs: passed to ``make_vec``/``make``.
+        vec_options: the worker backend for ``make_vec`` (``{"backend": "ray", "ray_address": ...}``).
     """
 
     def __init__(self, env_id: str, num_envs: int, student: Agent | None, sampling: SamplingParams, *,
                  prompt: RolloutPrompt | None = None, teacher_agent: Agent | None = None,
                  expert: bool = False, max_env_steps: int | None = None,
-                 max_invalid_actions: int | None = None, env_kwargs: dict[str, Any] | None = None):
+                 max_invalid_actions: int | None = None, env_kwargs: dict[str, Any] | None = None,
+                 vec_options: dict[str, Any] | None = None):
         from madopd_envs import make_vec
 
         if sampling.n != 1:
@@ -189,7 +191,7 @@ class RolloutCollector:
         if max_invalid_actions is not None and max_invalid_actions < 1:
             raise ValueError(f"max_invalid_actions must be >= 1 or None, got {max_invalid_actions}")
         self.max_invalid_actions = max_invalid_actions
-        self.vec = make_vec(env_id, num_envs, expert=expert, **(env_kwargs or {}))
+        self.vec = make_vec(env_id, num_envs, expert=expert, **(vec_options or {}), **(env_kwargs or {}))
         self.last_stats = RolloutStats()
 
     def close(self) -> None:

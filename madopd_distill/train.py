@@ -8,7 +8,10 @@ Configs are Hydra YAML in ``leaderboards/conf/distill/`` (``train.yaml``; the me
     python -m madopd_distill.train method=opd method.divergence=jsd method.beta=0.5 ...
     python -m madopd_distill.train output_dir=runs/opd-coin --resume      # continue from the last checkpoint
 
-Multi-GPU: ``accelerate launch --config_file <fsdp.yaml|deepspeed.yaml> -m madopd_distill.train ...``.
+Several processes: ``accelerate launch --num_processes 2 --cpu -m madopd_distill.train ...`` (gloo; GPUs:
+``--config_file <fsdp.yaml|deepspeed_zero3.yaml>``). Each process plays its share of the step's task
+groups; the loss is the global batch's (see ``madopd_distill/distributed.py``). Env workers on Ray:
+``--backend ray [--ray-address HOST:PORT]`` (``workers:`` in the config).
 """
 
 from __future__ import annotations
@@ -22,8 +25,23 @@ CONF_DIR = Path(os.environ.get("MADOPD_CONF", Path(__file__).resolve().parents[1
 
 
 def normalise_argv(argv: list[str]) -> list[str]:
-    """``--resume`` is a flag for people; Hydra wants ``resume=true``."""
-    return ["resume=true" if a == "--resume" else a for a in argv]
+    """``--resume``, ``--backend B``, ``--ray-address A`` are flags for people; Hydra wants ``key=value``."""
+    flags = {"--backend": "workers.backend", "--ray-address": "workers.ray_address"}
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        name, eq, value = a.partition("=")
+        if a == "--resume":
+            out.append("resume=true")
+        elif name in flags and eq:
+            out.append(f"{flags[name]}={value}")
+        elif a in flags and i + 1 < len(argv):
+            out.append(f"{flags[a]}={argv[i + 1]}")
+            i += 1
+        else:
+            out.append(a)
+        i += 1
+    return out
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
@@ -55,7 +73,13 @@ def main() -> None:
     def _run(cfg: Any) -> None:
         from madopd_distill.trainer import TrainConfig, train
 
-        result = train(TrainConfig.from_dict(config_to_dict(cfg)))
+        from madopd_envs.vector_ray import RayBackendError
+
+        try:
+            result = train(TrainConfig.from_dict(config_to_dict(cfg)))
+        except RayBackendError as e:  # Ray missing, cluster unreachable, too few CPUs: one line, exit 2
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
         before, after = result.get("eval_before"), result.get("eval_after")
         if before and after:
             print(f"eval success: before {before['eval_success_rate']:.3f} -> after {after['eval_success_rate']:.3f}")

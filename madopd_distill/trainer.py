@@ -17,6 +17,7 @@ into place (a crash never leaves a half checkpoint); ``resume=true`` continues f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -31,6 +32,8 @@ import torch
 
 from madopd_agents.base import SamplingParams
 from madopd_distill.batch import StepBatch, micro_batches
+from madopd_distill.distributed import (all_sum, average_gradients, data_parallel, ddp_kwargs, global_scale,
+                                        reduction_count, shard_episodes)
 from madopd_distill.methods import build_method
 from madopd_distill.methods.base import LossOutput, Method, MethodContext, StudentOutput
 from madopd_distill.rollout import Episode, RolloutCollector, RolloutPrompt, TaskSampler, Trajectory, group_episodes
@@ -149,6 +152,27 @@ class EvalConfig:
 
 
 @dataclass
+class WorkersConfig:
+    """Where the env workers run: ``backend`` ``process`` (local processes) or ``ray`` (Ray actors,
+    the ``ray`` extra; ``ray_address`` a running cluster, none: a local one; ``cpus_per_env`` each)."""
+
+    backend: str = "process"
+    ray_address: str | None = None
+    cpus_per_env: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("process", "ray"):
+            raise ValueError(f"workers.backend must be process or ray, got {self.backend!r}")
+        if self.backend == "process" and self.ray_address:
+            raise ValueError("workers.ray_address needs workers.backend=ray")
+
+    def vec_options(self) -> dict[str, Any]:
+        if self.backend == "ray":
+            return {"backend": "ray", "ray_address": self.ray_address, "cpus_per_env": self.cpus_per_env}
+        return {}
+
+
+@dataclass
 class TrainConfig:
     """Everything :func:`train` needs (built from the Hydra config by ``train.py``)."""
 
@@ -174,6 +198,7 @@ class TrainConfig:
     dtype: str = "float32"
     tensorboard: bool = False
     ref_teacher: TeacherSpec | None = None
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
 
     def __post_init__(self) -> None:
         if not self.teachers:
@@ -192,6 +217,7 @@ class TrainConfig:
         d["rollout"] = _from_dict(RolloutConfig, d.get("rollout"), "rollout")
         d["optim"] = _from_dict(OptimConfig, d.get("optim"), "optim")
         d["eval"] = _from_dict(EvalConfig, d.get("eval"), "eval")
+        d["workers"] = _from_dict(WorkersConfig, d.get("workers"), "workers")
         return _from_dict(cls, d, "train config")
 
 
@@ -458,7 +484,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=ddp_kwargs())
+    ddp = data_parallel(accelerator)  # several processes: see madopd_distill/distributed.py
+    if cfg.rollout.tasks_per_step < accelerator.num_processes:
+        raise ValueError(f"rollout.tasks_per_step ({cfg.rollout.tasks_per_step}) must be >= the "
+                         f"{accelerator.num_processes} processes (each plays whole task groups)")
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
 
@@ -493,9 +523,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         accelerator.load_state(str(ckpt / "state"))
         start = json.loads((ckpt / "trainer_state.json").read_text())["step"]
         accelerator.print(f"resumed from {ckpt} (step {start})")
-    logger = StepLogger(out_dir, cfg.tensorboard and accelerator.is_main_process,
+    # The main process logs global figures to log.jsonl; process k > 0 its own share to rank<k>/log.jsonl.
+    log_dir = out_dir if accelerator.is_main_process else out_dir / f"rank{accelerator.process_index}"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    logger = StepLogger(log_dir, cfg.tensorboard and accelerator.is_main_process,
                         resume_from_step=start if cfg.resume else None)
-    (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
+    if accelerator.is_main_process:
+        (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
 
     # Rollouts: the student samples from the very model being trained (no weight sync needed).
     student_agent = HFAgent(accelerator.unwrap_model(model), tokenizer, name="student",
@@ -503,9 +537,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     collector = RolloutCollector(cfg.env, cfg.rollout.num_envs, student_agent, cfg.rollout.sampling(), prompt=prompt,
                                  teacher_agent=next(iter(teacher_agents.values()), None),
                                  expert=method.needs_expert, max_env_steps=cfg.rollout.max_env_steps,
-                                 max_invalid_actions=cfg.rollout.max_invalid_actions, env_kwargs=cfg.env_kwargs)
+                                 max_invalid_actions=cfg.rollout.max_invalid_actions, env_kwargs=cfg.env_kwargs,
+                                 vec_options=cfg.workers.vec_options())
     train_ids = collector.vec.call("tasks", cfg.split, indices=[0])[0][: cfg.num_train_tasks]
-    sampler = TaskSampler(train_ids, seed=cfg.seed * 7919 + accelerator.process_index)
+    sampler = TaskSampler(train_ids, seed=cfg.seed * 7919)  # the global batch; each process plays its shard
     eval_ids = cfg.eval.task_ids(collector.vec.call("tasks", cfg.eval.split, indices=[0])[0])
     if cfg.eval.split == cfg.split and set(eval_ids) & set(train_ids):
         accelerator.print(f"warning: {len(set(eval_ids) & set(train_ids))} eval tasks are also training tasks "
@@ -543,6 +578,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             # 1. rollouts (shaped by the method's plans)
             tasks = sampler.sample(step, cfg.rollout.tasks_per_step)
             episodes = group_episodes(tasks, cfg.rollout.group_size, cfg.split, first_group=step * 10_000)
+            episodes = shard_episodes(episodes, accelerator.process_index, accelerator.num_processes)
             trajs = method.collect(collector, episodes, step)
             stats = collector.last_stats
             t_roll = time.perf_counter() - t0
@@ -555,7 +591,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             t_teacher, t_ref = 0.0, 0.0
             scored0 = sum(t.scored for t in teachers.values())
             generated0 = sum(a.generated for a in teacher_agents.values())
+            scale, any_samples = 1.0, bool(samples)
+            if ddp:  # the reduction over the global batch, not per process
+                local = reduction_count(samples, method.cfg.reduction)
+                total, n_samples = all_sum([local, len(samples)], accelerator)
+                scale, any_samples = global_scale(local, total, accelerator.num_processes), n_samples > 0
+            sync = accelerator.no_sync(model) if ddp else contextlib.nullcontext()
+            sync.__enter__()  # (not a `with`: the loop below stays as it reads for one process)
             for batch in micro_batches(samples, method.cfg.reduction, tokenizer.pad_token_id, cfg.micro_batch_tokens):
+                if scale != 1.0:
+                    batch.reduce_weight = batch.reduce_weight * scale
                 ts = time.perf_counter()
                 scores = method.score(batch, step)
                 t_teacher += time.perf_counter() - ts
@@ -578,8 +623,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     t_ref += time.perf_counter() - tr
                 for k, v in out.metrics.items():
                     extra.setdefault(k, []).append(float(v))
+            sync.__exit__(None, None, None)
+            if ddp and any_samples:
+                average_gradients(model, accelerator)
             grad_norm = None
-            if samples:
+            if any_samples:
                 if cfg.optim.grad_clip:
                     grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip))
                 optimizer.step()
@@ -597,12 +645,18 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                                "ref/kl_traj": sum(ref_traj) / len(ref_traj) if ref_traj else 0.0,
                                "time_ref_s": t_ref}
             elapsed = time.perf_counter() - t0 - t_ref  # the measurement is not the method's cost
+            trained, kl_mean = int(kl.numel()), float(kl.mean()) if kl.numel() else 0.0
+            if ddp:  # global figures; each process's loss is (its share of the global loss) x world size
+                loss_all, trained_all, kl_all = all_sum([loss_sum, trained, float(kl.sum())], accelerator)
+                loss_sum, trained = loss_all / accelerator.num_processes, int(trained_all)
+                kl_mean = kl_all / trained if trained else 0.0
             record = {
                 "kind": "train", "step": step + 1, "loss": loss_sum,
-                "kl_token_mean": float(kl.mean()) if kl.numel() else 0.0,
+                "kl_token_mean": kl_mean,
                 "kl_trajectory_mean": sum(per_traj) / len(per_traj) if per_traj else 0.0,
                 **episode_metrics(trajs),
-                "samples": len(samples), "trained_tokens": int(kl.numel()),
+                "samples": len(samples), "trained_tokens": trained, "num_processes": accelerator.num_processes,
+                "trained_tokens_local": int(kl.numel()),
                 "sampled_tokens": stats.sampled_tokens, "rollout_tokens_per_s": stats.tokens_per_second,
                 "tokens_per_s": int(kl.numel()) / elapsed if elapsed > 0 else 0.0,
                 "time_rollout_s": t_roll, "time_teacher_s": t_teacher, "time_step_s": elapsed,

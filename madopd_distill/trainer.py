@@ -568,6 +568,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         for step in range(start, cfg.steps):
             torch.manual_seed(cfg.seed * 100_003 + step)  # reproducible sampling per step, also after resume
             t0 = time.perf_counter()
+            # the step's teacher costs, rollouts included (guided turns, debates, judgements)
+            scored0 = sum(t.scored for t in teachers.values())
+            generated0 = sum(a.generated for a in teacher_agents.values())
             if cfg.rollout.backend == "vllm" and (step - start) % cfg.rollout.reload_every == 0:
                 ck = latest_checkpoint(out_dir)
                 if ck is None or ck.name != f"step-{step:06d}":  # the engine must sample the current weights
@@ -589,8 +592,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             optimizer.zero_grad(set_to_none=True)
             loss_sum, kl_rows, kl_traj, extra, ref_rows = 0.0, [], [], {}, []
             t_teacher, t_ref = 0.0, 0.0
-            scored0 = sum(t.scored for t in teachers.values())
-            generated0 = sum(a.generated for a in teacher_agents.values())
             scale, any_samples = 1.0, bool(samples)
             if ddp:  # the reduction over the global batch, not per process
                 local = reduction_count(samples, method.cfg.reduction)

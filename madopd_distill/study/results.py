@@ -29,8 +29,12 @@ STATS_METHOD = ("95% intervals: hierarchical bootstrap (4000 draws) resampling s
 CURVE_KEYS = {"success": ("eval_success_rate", "held-out success (in-training eval)"),
               "kl_token": ("ref/kl_token", "per-token KL(S||T_ref), student's tokens"),
               "kl_traj": ("ref/kl_traj", "trajectory KL(S||T_ref), sum over a trajectory")}
-METHOD_PLOTS = {"mad": "MAD-OPD per-teacher weight", "guided": "Guided-OPD teacher-turn rate",
-                "sage": "SAGE-OPD judge levels", "tcod": "TCOD depth window", "routing": "routing teacher shares"}
+# figure name -> (title, the log keys it plots: exact names or prefixes ending in "/")
+METHOD_PLOTS = {"mad": ("MAD-OPD per-teacher weight", ("mad/weight/",)),
+                "guided": ("Guided-OPD teacher-turn rate", ("guided/teacher_turn_frac", "guided/p")),
+                "sage": ("SAGE-OPD judge levels", ("sage/skip_frac", "sage/weak_frac", "sage/strong_frac")),
+                "tcod": ("TCOD depth window", ("tcod/depth", "tcod/student_steps")),
+                "routing": ("routing teacher shares", ("route/share/",))}
 
 
 # -- reading --------------------------------------------------------------------------------------
@@ -154,6 +158,10 @@ def _claim(claim: Any, mats: dict[str, Any]) -> dict[str, Any]:
     d = _paired(mats[claim.method], mats[claim.baseline], claim.metric)
     if d is None:
         return {**out, "verdict": "inconclusive", "note": "no common seed with results"}
+    key = "kl_seeds" if claim.metric.startswith("kl") else "seeds"
+    if claim.metric.startswith("kl") and len(set(mats[claim.method][key]) & set(mats[claim.baseline][key])) < 2:
+        # one value per seed: with one seed there is no spread to put an interval on
+        return {**out, "difference": d.as_dict(), "verdict": "inconclusive", "note": "one seed: no interval"}
     return {**out, "difference": d.as_dict(), "verdict": verdict(d, claim.direction)}
 
 
@@ -221,9 +229,9 @@ def plot(cfg: StudyConfig, cells: list[Cell], logs: dict[str, list[dict[str, Any
         ax.legend(fontsize=7, ncols=2)
         save(fig, f"{name}_vs_step.png")
     keys = sorted({k for recs in logs.values() for r in recs if r.get("kind") == "train" for k in r
-                   if "/" in k and k.split("/")[0] in METHOD_PLOTS and isinstance(r[k], (int, float))})
-    for prefix, title in METHOD_PLOTS.items():
-        mine = [k for k in keys if k.startswith(prefix + "/") and not k.endswith(("divergence_beta", "parsed_frac"))]
+                   if "/" in k and isinstance(r[k], (int, float))})
+    for prefix, (title, wanted) in METHOD_PLOTS.items():
+        mine = [k for k in keys if any(k == w or (w.endswith("/") and k.startswith(w)) for w in wanted)]
         if not mine:
             continue
         fig, ax = plt.subplots(figsize=(7, 4))

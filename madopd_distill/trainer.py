@@ -111,6 +111,7 @@ class RolloutConfig:
     backend: str = "hf"
     reload_every: int = 1
     batch_size: int = 16
+    vllm_args: dict[str, Any] = field(default_factory=dict)  # vllm.LLM kwargs, e.g. gpu_memory_utilization
 
     def __post_init__(self) -> None:
         if min(self.num_envs, self.tasks_per_step, self.group_size, self.max_new_tokens, self.reload_every) < 1:
@@ -461,7 +462,7 @@ def _lr_lambda(cfg: OptimConfig, total: int):
     return f
 
 
-def _vllm_student(checkpoint: Path, tokenizer: Any) -> Any:
+def _vllm_student(checkpoint: Path, tokenizer: Any, engine_kwargs: dict[str, Any] | None = None) -> Any:
     """A vLLM rollout agent loaded from a checkpoint's model folder (the CPU weight-sync path)."""
     try:
         import vllm  # noqa: F401
@@ -472,7 +473,7 @@ def _vllm_student(checkpoint: Path, tokenizer: Any) -> Any:
         from madopd_agents.vllm import VLLMAgent
     except ImportError as e:
         raise ImportError("rollout.backend=vllm needs madopd_agents.vllm.VLLMAgent") from e
-    return VLLMAgent.from_pretrained(str(checkpoint / "model"), name="student-vllm")
+    return VLLMAgent.from_pretrained(str(checkpoint / "model"), name="student-vllm", **dict(engine_kwargs or {}))
 
 
 # -- the loop --------------------------------------------------------------------------------------
@@ -576,7 +577,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 if ck is None or ck.name != f"step-{step:06d}":  # the engine must sample the current weights
                     ck = save_checkpoint(out_dir, step, accelerator, model, tokenizer, {"seed": cfg.seed},
                                          cfg.keep_checkpoints)
-                collector.student = _vllm_student(ck, tokenizer)
+                if hasattr(collector.student, "llm"):  # the previous engine goes first: one engine's memory at a time
+                    collector.student.close()
+                    import gc
+
+                    gc.collect()
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
+                collector.student = _vllm_student(ck, tokenizer, cfg.rollout.vllm_args)
 
             # 1. rollouts (shaped by the method's plans)
             tasks = sampler.sample(step, cfg.rollout.tasks_per_step)

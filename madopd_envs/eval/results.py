@@ -92,6 +92,7 @@ class EpisodeStore:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.dropped: list[str] = []  # what the last load() left out, one line each
 
     def load(self, *, repair: bool = False) -> dict[str, dict[str, Any]]:
         """Records by key (the last one wins if a key repeats).
@@ -101,7 +102,7 @@ class EpisodeStore:
         appends start on a clean line: a cut tail is truncated (which needs no free space), a bad line
         elsewhere (never written by this store) is removed by an atomic rewrite.
         """
-        self.dropped: list[str] = []
+        self.dropped = []
         records: dict[str, dict[str, Any]] = {}
         if not self.path.exists():
             return records

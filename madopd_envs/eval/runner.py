@@ -494,7 +494,7 @@ def evaluate(*, agent_name: str, agent_args: dict[str, Any], entries: list[Entry
     plans = plan_entries(entries)
     sources = [{"env": e.env, "split": e.split, "data": p.source, "engines": engine_versions(e.env)} for e, p in plans]
     done = store.load(repair=True) if resume else {}
-    for dropped in getattr(store, "dropped", []):
+    for dropped in store.dropped:
         log(f"note: dropped an unreadable record in {store.path} ({dropped}), cut by an interrupted write; "
             f"its episode is played again")
     changed = _source_change(before.get("sources", []), sources, done, output) if resume else None

@@ -93,22 +93,23 @@ class MisbehavingAgent(ExpertAgent):
 
 
 class DiskFillingExpert(ExpertAgent):
-    """The expert, which fills the filesystem of ``fill`` (a tmpfs) at its ``after``-th call: the disk
-    becomes full mid-run, as when another process writes a large file. From then on its replies are long
-    (a model's reasoning), so the next record needs a new page of the full disk. ``$MADOPD_TEST_FIXED``:
-    a plain expert."""
+    """The expert, which fills the filesystem of ``fill`` (a tmpfs) when the episode after the first
+    ``after`` ones starts (one env: they are on disk by then): the disk becomes full mid-run, as when
+    another process writes a large file. From then on its replies are long (a model's reasoning), so the
+    next record needs a new page of the full disk. ``$MADOPD_TEST_FIXED``: a plain expert."""
 
-    def __init__(self, name: str = "filler", fill: str = "", after: int = 3):
+    def __init__(self, name: str = "filler", fill: str = "", after: int = 2):
         super().__init__(name=name)
-        self.fill, self.after, self.calls = fill, int(after), 0
+        self.fill, self.after, self.started = fill, int(after), 0
 
     def act(self, conversations, sampling, infos=None):
         from madopd_agents.base import ActionOutput
 
+        outs = super().act(conversations, sampling, infos)
         if os.environ.get("MADOPD_TEST_FIXED"):
-            return super().act(conversations, sampling, infos)
-        self.calls += 1
-        if self.calls == self.after:
+            return outs
+        self.started += sum(info.get("step") == 0 for info in infos)
+        if self.started == self.after + 1 and not os.path.exists(self.fill):
             try:
                 with open(self.fill, "wb") as fh:
                     while True:
@@ -116,7 +117,6 @@ class DiskFillingExpert(ExpertAgent):
                         fh.flush()
             except OSError:
                 pass
-        outs = super().act(conversations, sampling, infos)
-        if self.calls >= self.after:
+        if self.started > self.after:
             outs = [ActionOutput(text="Thinking... " * 1000 + f"<action>{o.text}</action>") for o in outs]
         return outs

@@ -75,7 +75,7 @@ def test_agent_that_raises_or_answers_garbage_costs_one_episode(conf, tmp_path, 
               tasks[4]: ["act_none", -1]}  # tasks[5] behaves
     _card(conf, "bad", "agent_helpers:MisbehavingAgent", {"behave": behave})
     out = tmp_path / "run"
-    rc = main(["--agent", "bad", "--env", ENV, "--episodes", "6", "--num-envs", "2", "--max-steps", "10",
+    rc = main(["--agent", "bad", "--env", ENV, "--episodes", "6", "--num-envs", "2", "--max-steps", "40",
                "--output", str(out), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 3, err  # finished, but episodes errored: not a green run
@@ -100,7 +100,7 @@ def test_hanging_agent_times_out_and_retry_errored_replays_it(conf, tmp_path, ca
     _card(conf, "hang", "agent_helpers:MisbehavingAgent", {"behave": {t0: ["hang", 1], t1: ["hang", -1]},
                                                            "hang_s": 6})
     out = tmp_path / "run"
-    cmd = ["--agent", "hang", "--env", ENV, "--episodes", "2", "--num-envs", "1", "--max-steps", "10",
+    cmd = ["--agent", "hang", "--env", ENV, "--episodes", "2", "--num-envs", "1", "--max-steps", "40",
            "--agent-timeout", "1", "--output", str(out), "--no-progress"]
     started = time.monotonic()
     assert main(cmd) == 3
@@ -251,15 +251,15 @@ def test_output_problems_fail_in_one_line_before_the_model_loads(tmp_path, tmpfs
 @needs_twx
 def test_disk_full_mid_run_then_resume_after_a_torn_non_ascii_write(conf, tmp_path, tmpfs, capsys, monkeypatch):
     disk = tmpfs(512)
-    _card(conf, "filler", "agent_helpers:DiskFillingExpert", {"fill": str(disk / "filler"), "after": 12})
+    _card(conf, "filler", "agent_helpers:DiskFillingExpert", {"fill": str(disk / "filler"), "after": 2})
     out = disk / "run"
-    cmd = ["--agent", "filler", "--env", ENV, "--episodes", "5", "--num-envs", "1", "--max-steps", "10",
+    cmd = ["--agent", "filler", "--env", ENV, "--episodes", "5", "--num-envs", "1", "--max-steps", "40",
            "--output", str(out), "--no-progress"]
     assert main(cmd) == 2  # the disk filled up after a few episodes
     line = _one_error_line(capsys.readouterr().err)
     assert "No space left on device" in line and "--resume" in line
     saved = _lines(out / "episodes.jsonl")  # every line on disk is whole
-    assert 1 <= len(saved) < 5
+    assert len(saved) == 2
     assert not list(disk.rglob("*.tmp")) and not list(disk.rglob(".madopd-write-check-*"))
     assert main(cmd + ["--resume"]) == 2  # still full: one line again, not a traceback on resume
     assert "No space left on device" in _one_error_line(capsys.readouterr().err)

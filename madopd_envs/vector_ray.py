@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from madopd_envs.vector import TextVectorEnv, WorkerError
+from madopd_envs.vector import TextVectorEnv, WorkerError, default_recycle_after
 
 
 class RayBackendError(RuntimeError):
@@ -182,8 +182,10 @@ class RayVectorEnv(TextVectorEnv):
     """
 
     def __init__(self, env_id: str, num_envs: int, *, group_size: int = 1, step_timeout: float = 60.0,
-                 start_timeout: float = 300.0, recycle_after: int | None = None, ray_address: str | None = None,
+                 start_timeout: float = 300.0, recycle_after: int | None | str = "auto", ray_address: str | None = None,
                  cpus_per_env: float = 1.0, local_cpus: int | None = None, **env_kwargs: Any):
+        if recycle_after == "auto":  # as the process workers: the env class's own (ALFWorld leaks per game)
+            recycle_after = default_recycle_after(env_id)
         if num_envs < 1 or num_envs % group_size:
             raise ValueError(f"num_envs ({num_envs}) must be a positive multiple of group_size ({group_size})")
         if cpus_per_env <= 0:

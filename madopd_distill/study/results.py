@@ -32,7 +32,7 @@ CURVE_KEYS = {"success": ("eval_success_rate", "held-out success (in-training ev
 # figure name -> (title, the log keys it plots: exact names or prefixes ending in "/")
 METHOD_PLOTS = {"mad": ("MAD-OPD per-teacher weight", ("mad/weight/",)),
                 "guided": ("Guided-OPD teacher-turn rate", ("guided/teacher_turn_frac", "guided/p")),
-                "sage": ("SAGE-OPD judge levels", ("sage/skip_frac", "sage/weak_frac", "sage/strong_frac")),
+                "sage": ("SAGE-OPD judge levels", ("sage/skip_frac", "sage/intervene_frac", "sage/weak_frac", "sage/strong_frac")),
                 "tcod": ("TCOD depth window", ("tcod/depth", "tcod/student_steps")),
                 "routing": ("routing teacher shares", ("route/share/",))}
 

@@ -90,36 +90,16 @@ def test_text_only_openai_teacher_drives_omni_through_the_local_server(tmp_path)
     """``python -m madopd_agents.serve`` on 127.0.0.1 writes OmniOPD's continuations; it serves chat text
     only (no /completions, no /tokenize), so this runs only if the teacher is built text-only."""
     import json
-    import os
-    import socket
-    import subprocess
     import sys
-    import time
-    import urllib.request
+
+    from served import served_model
 
     from madopd_agents.zoo import tiny_model_dir
     from madopd_distill import train
     from madopd_distill.trainer import TeacherSpec, build_teachers
 
     s0, s1 = str(tiny_model_dir("S", seed=0)), str(tiny_model_dir("S", seed=1))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "madopd_agents.serve", "--model", s1, "--host", "127.0.0.1",
-                             "--port", str(port), "--served-name", "writer"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
-                break
-            except OSError:
-                assert proc.poll() is None, proc.stdout.read()[-2000:]
-                assert time.monotonic() < deadline, "the server did not start"
-                time.sleep(0.5)
+    with served_model(s1, "writer") as base:
         teachers, agents = build_teachers([TeacherSpec(name="writer", backend="openai", base_url=base, model="writer",
                                                        text_only=True)], student_tokenizer=None)
         assert teachers == {} and type(agents["writer"]).__name__ == "OpenAIAgent"  # writes, never scores
@@ -135,9 +115,6 @@ def test_text_only_openai_teacher_drives_omni_through_the_local_server(tmp_path)
             train.main()
         finally:
             sys.argv = old
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if x.strip()]
     steps = [r for r in log if r.get("kind") == "train"]
     assert [r["step"] for r in steps] == [1, 2]

@@ -165,7 +165,8 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
                         "(RAY_AUTH_TOKEN or ~/.ray/auth_token)")
             raise RayBackendError(f"cannot join the Ray cluster at {address}: {str(e).splitlines()[0]}{hint}") from e
         return False
-    # A local cluster on loopback with a small object store: env traffic is a few KB of text per step.
+    # A small local cluster: a 100 MB object store (env traffic is a few KB of text per step). Ray maps
+    # 127.0.0.1 to the host's address and binds every interface (services.resolve_ip_for_localhost).
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), object_store_memory=100 * 2**20,
              _node_ip_address="127.0.0.1", **kwargs)
     return True

@@ -77,6 +77,7 @@ class HFAgent:
         self.eos_ids = self._eos_ids()
         rows = max(16, 2 * self.batch_size) if prefix_cache is None else int(prefix_cache)
         self.prefix_cache = PrefixCache(rows) if rows > 0 else None
+        self.timings = {"prefill": 0.0, "decode": 0.0}  # cumulative wall seconds (``--profile`` reads them)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, dtype: str = "auto", device: str | None = None,
@@ -238,6 +239,8 @@ class HFAgent:
             out = self.model(input_ids=token[:, None], attention_mask=attention, position_ids=positions,
                              past_key_values=cache, use_cache=True)
         elapsed = time.perf_counter() - t0
+        self.timings["prefill"] += prefill_seconds
+        self.timings["decode"] += elapsed - prefill_seconds
         if pc is not None:
             starts = [past + width - len(ids) for ids, _ in rows]
             pc.store(cache, [ids + toks for (ids, _), toks in zip(rows, tokens)], starts,

@@ -132,6 +132,7 @@ class RolloutStats:
     env_steps: int = 0
     sampled_tokens: int = 0
     seconds: float = 0.0
+    env_seconds: float = 0.0  # inside the workers' reset/step calls (the rest is sampling and prompts)
 
     @property
     def tokens_per_second(self) -> float:
@@ -234,8 +235,10 @@ class RolloutCollector:
     # -- one wave ---------------------------------------------------------------------------------
     def _play(self, wave: list[_Live], stats: RolloutStats) -> None:
         idx = list(range(len(wave)))
+        t_env = time.perf_counter()
         obs, infos = self.vec.reset(options=[{"task_id": lv.episode.task_id, "split": lv.episode.split} for lv in wave],
                                     indices=idx)
+        stats.env_seconds += time.perf_counter() - t_env
         for lv, o, info in zip(wave, obs, infos):
             if o is None:
                 lv.traj.error, lv.done = info.get("error", "reset failed"), True
@@ -258,7 +261,9 @@ class RolloutCollector:
                 if writers[i] == "expert":
                     self._expert_turn(wave[i])
                 actions[i] = wave[i].traj.turns[-1].action
+            t_env = time.perf_counter()
             obs, rewards, term, trunc, infos = self.vec.step(actions)
+            stats.env_seconds += time.perf_counter() - t_env
             stats.env_steps += len(active)
             for i in active:
                 self._observe(wave[i], obs[i], float(rewards[i]), bool(term[i]), bool(trunc[i]), infos[i])

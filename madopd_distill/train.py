@@ -12,6 +12,7 @@ Several processes: ``accelerate launch --num_processes 2 --cpu -m madopd_distill
 ``--config_file <fsdp.yaml|deepspeed_zero3.yaml>``). Each process plays its share of the step's task
 groups; the loss is the global batch's (see ``madopd_distill/distributed.py``). Env workers on Ray:
 ``--backend ray [--ray-address HOST:PORT]`` (``workers:`` in the config).
+``--profile`` prints where the time went (env, prefill, decode, teacher, loss, optimizer, I/O) at the end.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ CONF_DIR = Path(os.environ.get("MADOPD_CONF", Path(__file__).resolve().parents[1
 
 
 def normalise_argv(argv: list[str]) -> list[str]:
-    """``--resume``, ``--backend B``, ``--ray-address A`` are flags for people; Hydra wants ``key=value``."""
+    """``--resume``, ``--profile``, ``--backend B``, ``--ray-address A`` are flags for people; Hydra wants ``key=value``."""
     flags = {"--backend": "workers.backend", "--ray-address": "workers.ray_address"}
     out, i = [], 0
     while i < len(argv):
@@ -33,6 +34,8 @@ def normalise_argv(argv: list[str]) -> list[str]:
         name, eq, value = a.partition("=")
         if a == "--resume":
             out.append("resume=true")
+        elif a == "--profile":  # not in the YAML: ++ adds the key
+            out.append("++profile=true")
         elif name in flags and eq:
             out.append(f"{flags[name]}={value}")
         elif a in flags and i + 1 < len(argv):

@@ -38,6 +38,7 @@ from madopd_distill.methods import build_method
 from madopd_distill.methods.base import LossOutput, Method, MethodContext, StudentOutput
 from madopd_distill.rollout import Episode, RolloutCollector, RolloutPrompt, TaskSampler, Trajectory, group_episodes
 from madopd_distill.teachers import HFTeacher, OpenAITeacher, Teacher, VLLMTeacher, causal_lm_logits
+from madopd_envs.profile import Profile
 
 
 # -- configuration ---------------------------------------------------------------------------------
@@ -200,6 +201,7 @@ class TrainConfig:
     tensorboard: bool = False
     ref_teacher: TeacherSpec | None = None
     workers: WorkersConfig = field(default_factory=WorkersConfig)
+    profile: bool = False  # print where the time went (env, prefill, decode, teacher, loss, optimizer, I/O)
 
     def __post_init__(self) -> None:
         if not self.teachers:
@@ -549,10 +551,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     eval_sampling = SamplingParams(temperature=cfg.eval.temperature, max_new_tokens=cfg.rollout.max_new_tokens)
     results: dict[str, Any] = {}
 
+    prof = Profile()  # --profile: the run's phases from here on (each step's record carries them as time_*_s)
+
     def run_eval(step: int, when: str) -> None:
         if not eval_ids:
             return
-        m = evaluate(collector, eval_ids, cfg.eval.split, eval_sampling, cfg.rollout.max_env_steps)
+        with prof.phase("eval"):
+            m = evaluate(collector, eval_ids, cfg.eval.split, eval_sampling, cfg.rollout.max_env_steps)
         logger.log({"kind": "eval", "step": step, "when": when, **m})
         results[f"eval_{when}"] = m
         accelerator.print(f"[eval {when} step {step}] success {m['eval_success_rate']:.3f} score {m['eval_score']:.3f}")
@@ -590,9 +595,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             tasks = sampler.sample(step, cfg.rollout.tasks_per_step)
             episodes = group_episodes(tasks, cfg.rollout.group_size, cfg.split, first_group=step * 10_000)
             episodes = shard_episodes(episodes, accelerator.process_index, accelerator.num_processes)
+            gen0 = dict(getattr(collector.student, "timings", None) or {})
             trajs = method.collect(collector, episodes, step)
             stats = collector.last_stats
             t_roll = time.perf_counter() - t0
+            gen = {k: v - gen0.get(k, 0.0) for k, v in (getattr(collector.student, "timings", None) or {}).items()}
+            phases = {"env": stats.env_seconds, **gen,
+                      "rollout (other)": max(0.0, t_roll - stats.env_seconds - sum(gen.values()))}
+            t_loss = 0.0
 
             # 2. samples -> 3. teacher scores -> 4. weights -> 5. loss, micro-batch by micro-batch
             samples = method.make_samples(trajs, step)
@@ -613,6 +623,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 ts = time.perf_counter()
                 scores = method.score(batch, step)
                 t_teacher += time.perf_counter() - ts
+                tl = time.perf_counter()
                 student = student_forward(model, batch, method.cfg.temperature, hidden=method.needs_student_hidden)
                 dev = student.logits.device  # collate and teachers give CPU tensors; the student may be on a GPU
                 batch, scores = batch.to(dev), [s.to(dev) for s in scores]
@@ -620,6 +631,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 out: LossOutput = method.loss(student, scores, weights, batch, step)
                 if out.loss.requires_grad:  # a micro-batch whose weights are all zero has nothing to learn
                     accelerator.backward(out.loss)
+                t_loss += time.perf_counter() - tl
                 loss_sum += float(out.loss.detach())
                 kl_rows.append(out.token_kl.cpu())
                 kl_traj.append(batch.row_traj.cpu())
@@ -635,12 +647,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             sync.__exit__(None, None, None)
             if ddp and any_samples:
                 average_gradients(model, accelerator)
+            t_opt = time.perf_counter()
             grad_norm = None
             if any_samples:
                 if cfg.optim.grad_clip:
                     grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip))
                 optimizer.step()
             scheduler.step()
+            t_opt = time.perf_counter() - t_opt
 
             # 6. log
             kl = torch.cat(kl_rows) if kl_rows else torch.zeros(0)
@@ -669,6 +683,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 "sampled_tokens": stats.sampled_tokens, "rollout_tokens_per_s": stats.tokens_per_second,
                 "tokens_per_s": int(kl.numel()) / elapsed if elapsed > 0 else 0.0,
                 "time_rollout_s": t_roll, "time_teacher_s": t_teacher, "time_step_s": elapsed,
+                **{f"time_{k.replace(' (other)', '_other')}_s": v for k, v in phases.items()},
+                "time_loss_s": t_loss, "time_optimizer_s": t_opt,
                 "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                 "cost/teacher_tokens_scored": sum(t.scored for t in teachers.values()) - scored0,
                 "cost/teacher_tokens_generated": sum(a.generated for a in teacher_agents.values()) - generated0,
@@ -676,17 +692,30 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 **{k: sum(v) / len(v) for k, v in extra.items()},
                 **method.log_metrics(trajs, step),
             }
+            t_io = time.perf_counter()
             logger.log(record)
+            prof.add("I/O (log)", time.perf_counter() - t_io)
+            rest = max(0.0, elapsed - t_roll - t_teacher - t_loss - t_opt)
+            for k, v in {**phases, "teacher": t_teacher, "loss (student fwd+bwd)": t_loss, "optimizer": t_opt,
+                         "samples, collate, weights": rest}.items():
+                prof.add(k, v)
+            if t_ref:
+                prof.add("reference KL (measurement)", t_ref)
             accelerator.print(f"[step {step + 1}/{cfg.steps}] loss {record['loss']:.4f} kl/token {record['kl_token_mean']:.4f} "
                               f"success {record['success_rate']:.2f} ({elapsed:.1f}s)")
             done = step + 1
             if cfg.eval.every and done % cfg.eval.every == 0 and done != cfg.steps:
                 run_eval(done, f"step{done}")  # before the checkpoint: a resume from it has every record up to it
             if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps:
-                save_checkpoint(out_dir, done, accelerator, model, tokenizer, {"seed": cfg.seed}, cfg.keep_checkpoints)
+                with prof.phase("I/O (checkpoints)"):
+                    save_checkpoint(out_dir, done, accelerator, model, tokenizer, {"seed": cfg.seed}, cfg.keep_checkpoints)
         if not logged("after", cfg.steps):
             run_eval(cfg.steps, "after")
     finally:
-        collector.close()
+        with prof.phase("env shutdown"):
+            collector.close()
         logger.close()
+    if cfg.profile:
+        accelerator.print(f"\nwhere the time went ({cfg.steps - start} steps; rank {accelerator.process_index}):\n"
+                          f"{prof.table()}")
     return {"last": record, **results}

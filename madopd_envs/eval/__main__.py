@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agent-timeout", type=float, default=1800.0,
                    help="seconds one batched agent.act may take before its episodes count as errored (0: no limit)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--profile", action="store_true",
+                   help="print where the time went (env, prompt, prefill, decode, I/O...) after each agent's table")
     p.add_argument("--backend", choices=("process", "ray"), default="process",
                    help="env workers: local processes, or Ray actors (needs the `ray` extra)")
     p.add_argument("--ray-address", help="with --backend ray: a running cluster's head (host:port); "
@@ -125,14 +127,21 @@ def main(argv: list[str] | None = None) -> int:
             outputs[name] = output / name if len(args.agent) > 1 else output
             check_output(outputs[name])  # every agent's output, before the first model loads
         for name, output in outputs.items():
+            from madopd_envs.profile import Profile
+
+            profile = Profile() if args.profile else None
             summary = evaluate(agent_name=name, agent_args=agent_args, entries=entries, output=output,
                                leaderboard=board, num_envs=args.num_envs, resume=args.resume or args.retry_errored,
                                retry_errored=args.retry_errored, progress=not args.no_progress,
                                step_timeout=args.step_timeout, agent_timeout=args.agent_timeout or None,
-                               command=command, log=lambda m: print(m, file=sys.stderr), vec_options=vec_options)
+                               command=command, log=lambda m: print(m, file=sys.stderr), vec_options=vec_options,
+                               profile=profile)
             summaries.append(summary)
             print(f"\n## {summary['agent']}" + (f" on {board}" if board else "") + f"  ({output})\n")
             print(summary_table(summary))
+            if profile is not None:
+                print(f"\n### where the time went ({summary['agent']})\n")
+                print(profile.table())
     except KeyboardInterrupt:
         print("\ninterrupted: finished episodes are saved; rerun the same command with --resume", file=sys.stderr)
         return 130

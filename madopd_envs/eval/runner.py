@@ -18,6 +18,7 @@ import of this module stays free of the agent layer.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import inspect
@@ -238,6 +239,16 @@ def ask_agent(agent: Any, conversations: list[Any], sampling: Any, infos: list[d
     return results
 
 
+@contextlib.contextmanager
+def _closing(vec: Any, prof: Any) -> Any:
+    """Close the workers on the way out, timed as ``env shutdown``."""
+    try:
+        yield vec
+    finally:
+        with prof.phase("env shutdown"):
+            vec.close()
+
+
 @dataclass
 class RunStats:
     finished: int = 0
@@ -250,12 +261,16 @@ def run_entry(agent: Any, *, agent_name: str, needs_expert: bool, sampling: Any,
               units: list[Unit], store: EpisodeStore, num_envs: int, versions: dict[str, str],
               on_done: Callable[[dict[str, Any]], None], step_timeout: float = 120.0,
               agent_timeout: float | None = None, source: str = "",
-              vec_options: dict[str, Any] | None = None) -> RunStats:
+              vec_options: dict[str, Any] | None = None, profile: Any = None) -> RunStats:
     """Play ``units`` (all of one env) with ``agent``; each finished episode is appended to ``store``.
 
     ``vec_options``: the worker backend and its settings for ``make_vec`` (``backend="ray"``, ``ray_address``).
+    ``profile``: a :class:`madopd_envs.profile.Profile` that gets the env, prompt, agent and I/O seconds.
     """
+    from madopd_envs.profile import Profile
     from madopd_envs.vector import make_vec
+
+    prof = profile if profile is not None else Profile()
 
     stats = RunStats()
     if not units:
@@ -279,21 +294,25 @@ def run_entry(agent: Any, *, agent_name: str, needs_expert: bool, sampling: Any,
         rec.error, rec.attempts, rec.first_error = error, ep.attempt, ep.first_error
         rec.error_kind = kind if error else None
         rec.seconds = round(time.perf_counter() - ep.started, 3)
-        store.append(rec)
+        with prof.phase("I/O"):
+            store.append(rec)
         stats.finished += 1
         stats.won += int(rec.won and not error)
         stats.errored += int(bool(error))
         on_done({"won": rec.won, "error": error})
 
-    with make_vec(entry.env, n, step_timeout=step_timeout, **dict(vec_options or {}), **env_kwargs) as vec:
+    with prof.phase("env start-up"):
+        vec = make_vec(entry.env, n, step_timeout=step_timeout, **dict(vec_options or {}), **env_kwargs)
+    with _closing(vec, prof):
         while queue or any(s is not None for s in slots):
             starting = []
             for i in range(n):
                 if slots[i] is None and queue:
                     starting.append((i, *queue.popleft()))
             if starting:
-                obs, infos = vec.reset(seed=[u.seed for _, u, _, _ in starting], indices=[i for i, *_ in starting],
-                                       options=[{"task_id": u.task_id, "split": u.split} for _, u, _, _ in starting])
+                with prof.phase("env"):
+                    obs, infos = vec.reset(seed=[u.seed for _, u, _, _ in starting], indices=[i for i, *_ in starting],
+                                           options=[{"task_id": u.task_id, "split": u.split} for _, u, _, _ in starting])
                 for (i, unit, attempt, first_error), o, info in zip(starting, obs, infos):
                     history = EpisodeHistory(family=family, open_ended=open_ended)
                     record = EpisodeRecord(key=unit.key, env=unit.env, split=unit.split, task_id=unit.task_id,
@@ -311,9 +330,11 @@ def run_entry(agent: Any, *, agent_name: str, needs_expert: bool, sampling: Any,
             active = [i for i in range(n) if slots[i] is not None]
             if not active:
                 continue
-            conversations = [render_conversation(slots[i].history, fmt) for i in active]
-            answers = ask_agent(agent, conversations, sampling, [{**slots[i].info, "family": family} for i in active],
-                                agent_timeout)
+            with prof.phase("prompt"):
+                conversations = [render_conversation(slots[i].history, fmt) for i in active]
+            with prof.agent(agent):
+                answers = ask_agent(agent, conversations, sampling,
+                                    [{**slots[i].info, "family": family} for i in active], agent_timeout)
             actions: list[str | None] = [None] * n
             replies: dict[int, tuple[str, bool, Any]] = {}
             for i, (out, kind, error) in list(zip(active, answers)):
@@ -328,7 +349,8 @@ def run_entry(agent: Any, *, agent_name: str, needs_expert: bool, sampling: Any,
                                                 admissible=slots[i].history.admissible_actions)
                 actions[i] = action
                 replies[i] = (action, ok, out)
-            obs, rewards, terminated, truncated, infos = vec.step(actions)
+            with prof.phase("env"):
+                obs, rewards, terminated, truncated, infos = vec.step(actions)
             for i in active:
                 ep, (action, ok, out) = slots[i], replies[i]
                 info = infos[i]
@@ -449,7 +471,7 @@ def evaluate(*, agent_name: str, agent_args: dict[str, Any], entries: list[Entry
              leaderboard: str | None = None, num_envs: int = 4, resume: bool = False, progress: bool = True,
              step_timeout: float = 120.0, agent_timeout: float | None = None, retry_errored: bool = False,
              command: str = "", log: Callable[[str], None] = print,
-             vec_options: dict[str, Any] | None = None) -> dict[str, Any]:
+             vec_options: dict[str, Any] | None = None, profile: Any = None) -> dict[str, Any]:
     """Run (or resume) an eval into ``output``; returns the summary written to ``output/summary.json``.
 
     Everything checkable without the model is checked first (card, backend and its arguments, output
@@ -491,8 +513,11 @@ def evaluate(*, agent_name: str, agent_args: dict[str, Any], entries: list[Entry
             raise ResumeError(f"{output} holds a run with different {', '.join(mismatch)}; --resume continues the "
                               f"same run only (see {run_path}); choose another --output")
 
-    plans = plan_entries(entries)
-    sources = [{"env": e.env, "split": e.split, "data": p.source, "engines": engine_versions(e.env)} for e, p in plans]
+    phase = profile.phase if profile is not None else (lambda name: contextlib.nullcontext())
+    with phase("setup (task lists, versions)"):
+        plans = plan_entries(entries)
+        sources = [{"env": e.env, "split": e.split, "data": p.source, "engines": engine_versions(e.env)}
+                   for e, p in plans]
     done = store.load(repair=True) if resume else {}
     for dropped in store.dropped:
         log(f"note: dropped an unreadable record in {store.path} ({dropped}), cut by an interrupted write; "
@@ -502,7 +527,8 @@ def evaluate(*, agent_name: str, agent_args: dict[str, Any], entries: list[Entry
         raise ResumeError(f"{output} holds a run on other data ({changed}); --resume continues the same run "
                           f"only: restore the data setting (ALFWORLD_DATA, data_path...) or choose another --output")
 
-    agent = build_agent(card)
+    with phase("agent start-up"):
+        agent = build_agent(card)
     try:
         for note in (n for _, p in plans for n in p.notes):
             log(f"note: {note}")
@@ -544,7 +570,7 @@ def evaluate(*, agent_name: str, agent_args: dict[str, Any], entries: list[Entry
                               sampling=card.sampling_params, fmt=fmt, entry=entry,
                               units=todo, store=store, num_envs=num_envs, versions=versions, on_done=on_done,
                               step_timeout=step_timeout, agent_timeout=agent_timeout, source=plan.source,
-                              vec_options=vec_options)
+                              vec_options=vec_options, profile=profile)
                 stats.retried += s.retried
         finally:
             bar.close()

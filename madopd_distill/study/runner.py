@@ -105,6 +105,13 @@ def final_model(cfg: StudyConfig, cell: Cell) -> Path | None:
     return ck / "model"
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Written to a temporary file and renamed: a kill never leaves half a status behind."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def read_json(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
@@ -219,8 +226,8 @@ def train_cells(cfg: StudyConfig, cells: list[Cell], n_train: int, jobs: int, pr
             raise StudyError(f"cell {c.id} in {d} was run with another config (hash {meta.get('hash')} != {h}); "
                              f"choose another work_dir= or delete that folder")
         d.mkdir(parents=True, exist_ok=True)
-        (d / "cell.json").write_text(json.dumps({"id": c.id, "label": c.label, "method": c.method, "seed": c.seed,
-                                                 "hash": h, "command": shlex.join(cmd[1:])}, indent=2))
+        write_atomic(d / "cell.json", json.dumps({"id": c.id, "label": c.label, "method": c.method, "seed": c.seed,
+                                                  "hash": h, "command": shlex.join(cmd[1:])}, indent=2))
         if states[c.id] == "done":
             continue
         if states[c.id] == "cut":
@@ -263,7 +270,7 @@ def _finisher(cfg: StudyConfig, cell: Cell, log: Callable[[str], None]) -> Calla
         if not ok:
             status["error"] = last_error(d / "stdout.log") if rc != 0 else "exited 0 but wrote no final model"
             log(f"{cell.id}: FAILED ({status['error']}); the other cells go on")
-        (d / "status.json").write_text(json.dumps(status, indent=2))
+        write_atomic(d / "status.json", json.dumps(status, indent=2))
 
     return on_exit
 

@@ -100,11 +100,15 @@ def train(model: Any, tok: Any, pairs: Sequence[Pair], spec: TrainSpec, seed: in
         opt.step()
         sched.step()
         losses.append(total)
-        if (step + 1) % max(1, spec.steps // 5) == 0:
-            log(f"{what}: step {step + 1}/{spec.steps} loss {sum(losses[-20:]) / len(losses[-20:]):.4f}")
+        recent = sum(losses[-20:]) / len(losses[-20:])
+        converged = spec.until_loss is not None and len(losses) >= 20 and recent < spec.until_loss
+        if (step + 1) % max(1, spec.steps // 5) == 0 or converged:
+            log(f"{what}: step {step + 1}/{spec.steps} loss {recent:.4f}{' (converged)' if converged else ''}")
+        if converged:
+            break
     model.eval()
     k = max(1, min(20, len(losses) // 5))
-    return {"steps": spec.steps, "samples": len(samples), "loss_first": sum(losses[:k]) / k,
+    return {"steps": len(losses), "samples": len(samples), "loss_first": sum(losses[:k]) / k,
             "loss_last": sum(losses[-k:]) / k, "seconds": time.perf_counter() - t0}
 
 

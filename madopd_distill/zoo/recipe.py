@@ -38,16 +38,21 @@ class TaskRange:
 
 @dataclass
 class TrainSpec:
-    """Supervised training of one model: optimizer steps, batch, learning rate."""
+    """Supervised training of one model: at most ``steps`` optimizer steps, stopping early once the
+    mean loss of the last 20 steps is below ``until_loss`` (``None``: never), so a teacher whose words
+    are harder to learn gets the steps it needs and an easy one stops."""
 
     steps: int = 300
     batch_samples: int = 32
     lr: float = 5e-3
     warmup_steps: int = 20
+    until_loss: float | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_samples < 1 or self.lr <= 0 or self.warmup_steps < 0:
             raise RecipeError("train: steps >= 0, batch_samples >= 1, lr > 0 and warmup_steps >= 0")
+        if self.until_loss is not None and self.until_loss <= 0:
+            raise RecipeError("train: until_loss must be > 0 (or null)")
 
 
 @dataclass

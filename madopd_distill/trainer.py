@@ -597,6 +597,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             episodes = shard_episodes(episodes, accelerator.process_index, accelerator.num_processes)
             gen0 = dict(getattr(collector.student, "timings", None) or {})
             trajs = method.collect(collector, episodes, step)
+            if hasattr(collector.student, "clear_cache"):  # the optimizer step invalidates the prefix cache:
+                collector.student.clear_cache()  # free its memory before the loss instead of after
             stats = collector.last_stats
             t_roll = time.perf_counter() - t0
             gen = {k: v - gen0.get(k, 0.0) for k, v in (getattr(collector.student, "timings", None) or {}).items()}

@@ -694,15 +694,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 **{k: sum(v) / len(v) for k, v in extra.items()},
                 **method.log_metrics(trajs, step),
             }
-            t_io = time.perf_counter()
-            logger.log(record)
-            prof.add("I/O (log)", time.perf_counter() - t_io)
             rest = max(0.0, elapsed - t_roll - t_teacher - t_loss - t_opt)
             for k, v in {**phases, "teacher": t_teacher, "loss (student fwd+bwd)": t_loss, "optimizer": t_opt,
                          "samples, collate, weights": rest}.items():
                 prof.add(k, v)
             if t_ref:
                 prof.add("reference KL (measurement)", t_ref)
+            t_io = time.perf_counter()
+            logger.log(record)
+            prof.add("I/O (log)", time.perf_counter() - t_io)
             accelerator.print(f"[step {step + 1}/{cfg.steps}] loss {record['loss']:.4f} kl/token {record['kl_token_mean']:.4f} "
                               f"success {record['success_rate']:.2f} ({elapsed:.1f}s)")
             done = step + 1

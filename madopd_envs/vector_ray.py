@@ -123,6 +123,8 @@ class _Actor:
             pass
 
 
+LOOPBACK = "127.0.0.2"  # a loopback address Ray does not rewrite to the host's network address
+
 # Local clusters this process started (ray.init(address="local")), shut down with their last user.
 _LOCAL = {"users": 0, "owned": False}
 
@@ -152,6 +154,9 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if address:
         _check_reachable(address)
+        host = address.rpartition(":")[0]
+        if host.startswith("127.") and host != "127.0.0.1":
+            kwargs["_node_ip_address"] = host  # this driver's node stays on the loopback address it was given
         try:
             ray.init(address=address, **kwargs)
         except Exception as e:
@@ -166,9 +171,10 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
             raise RayBackendError(f"cannot join the Ray cluster at {address}: {str(e).splitlines()[0]}{hint}") from e
         return False
     # A small local cluster: a 100 MB object store (env traffic is a few KB of text per step). Ray maps
-    # 127.0.0.1 to the host's address and binds every interface (services.resolve_ip_for_localhost).
+    # "127.0.0.1"/"localhost" to the host's network address (services.resolve_ip_for_localhost), but
+    # not 127.0.0.2: the node's own traffic then stays on the loopback range.
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), object_store_memory=100 * 2**20,
-             _node_ip_address="127.0.0.1", **kwargs)
+             _node_ip_address=LOOPBACK, **kwargs)
     return True
 
 

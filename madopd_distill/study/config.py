@@ -162,6 +162,9 @@ class StudyConfig:
         methods: label -> :class:`MethodSpec`; ``opd`` is the reference of the paired differences.
         claims: the papers' claims, see :class:`Claim`.
         checkpoint_every: training checkpoints (a killed study resumes a cell from the last one).
+        accelerate_config: an ``accelerate`` config file (e.g. ``leaderboards/conf/distill/accelerate/
+            fsdp.yaml``, ``deepspeed_zero3.yaml``): OPD cells then run under ``accelerate launch`` with
+            ``num_processes`` processes (``None``: one plain process per cell).
         output_dir / work_dir: committed results / training runs (models, checkpoints).
         description: one paragraph for results.md.
     """
@@ -182,6 +185,8 @@ class StudyConfig:
     base: dict[str, Any] = field(default_factory=dict)
     claims: list[Claim] = field(default_factory=list)
     checkpoint_every: int = 10
+    accelerate_config: str | None = None
+    num_processes: int = 1
     output_dir: str = ""
     work_dir: str = ""
     description: str = ""
@@ -395,10 +400,30 @@ def validate(cfg: StudyConfig, cells: list[Cell]) -> tuple[list[str], list[str]]
         raise StudyError(f"seeds: {cfg.seeds} repeats a seed")
     if cfg.checkpoint_every < 1:
         raise StudyError("checkpoint_every must be >= 1")
+    check_launcher(cfg)
     check_methods(cfg, cells)
     ids = check_tasks(cfg)
     check_tokenizers(cells)
     return ids
+
+
+def check_launcher(cfg: StudyConfig) -> None:
+    """The accelerate config exists and accelerate itself accepts it (parsed by its own loader)."""
+    if cfg.num_processes < 1:
+        raise StudyError(f"num_processes must be >= 1, got {cfg.num_processes}")
+    if cfg.accelerate_config is None:
+        if cfg.num_processes > 1:
+            raise StudyError("num_processes > 1 needs accelerate_config (an accelerate config file)")
+        return
+    path = Path(cfg.accelerate_config)
+    if not path.is_file():
+        raise StudyError(f"accelerate_config: {path} does not exist (configs ship in leaderboards/conf/distill/accelerate/)")
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    try:
+        load_config_from_file(str(path))
+    except Exception as e:  # accelerate's own validation: unknown keys, bad values
+        raise StudyError(f"accelerate_config: accelerate rejects {path}: {str(e).splitlines()[0]}") from None
 
 
 def hydra_path(d: Path) -> str:

@@ -77,7 +77,11 @@ def train_command(cfg: StudyConfig, cell: Cell, n_train: int) -> list[str]:
         return cmd + list(cell.overrides)
     base = {k: v for k, v in cfg.base.items() if k not in ("method", "rollout", "optim")}
     curve_tasks = (ev.curve_tasks or ev.num_tasks or 0) if ev.curve_every else 0
-    cmd = [sys.executable, "-m", "madopd_distill.train", *common, f"student={cell.student}",
+    launch = [sys.executable, "-m"]
+    if cfg.accelerate_config:  # FSDP / ZeRO-3 / several processes per cell, as accelerate runs them
+        launch += ["accelerate.commands.launch", "--config_file", str(cfg.accelerate_config),
+                   "--num_processes", str(cfg.num_processes), "-m"]
+    cmd = [*launch, "madopd_distill.train", *common, f"student={cell.student}",
            _set("teachers", cell.teachers), _set("ref_teacher", cell.ref_teacher),
            f"method={cell.method}", *_section("method", cell.args),
            f"num_train_tasks={n_train}", f"steps={b.steps}",

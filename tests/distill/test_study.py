@@ -251,3 +251,27 @@ def test_hierarchical_bootstrap_and_verdicts() -> None:
     assert verdict(better, "greater") == "replicated" and verdict(better, "less") == "not replicated"
     noisy = paired_difference(y, y[::-1])
     assert verdict(noisy, "greater") == "inconclusive"
+
+
+def test_cells_can_run_under_the_fsdp_and_zero3_configs(tmp_path: Path, models: dict[str, str]) -> None:
+    """A study names an accelerate config; accelerate's own loader validates it; OPD cells launch through it."""
+    from madopd_distill.study.config import StudyError, build_cells, load_study, validate
+    from madopd_distill.study.runner import train_command
+
+    conf = Path(__file__).resolve().parents[2] / "leaderboards" / "conf" / "distill" / "accelerate"
+    for name in ("fsdp.yaml", "deepspeed_zero3.yaml"):
+        cfg = load_study(str(study_yaml(tmp_path, models)), [f"++accelerate_config={conf / name}",
+                                                             "++num_processes=2"], Path("."))
+        cells = build_cells(cfg)
+        validate(cfg, cells)
+        cmd = train_command(cfg, next(c for c in cells if c.label == "opd"), 10)
+        assert cmd[1:7] == ["-m", "accelerate.commands.launch", "--config_file", str(conf / name),
+                            "--num_processes", "2"] and cmd[7:9] == ["-m", "madopd_distill.train"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("compute_environment: LOCAL_MACHINE\nno_such_accelerate_key: 1\n")
+    for override, needle in ((f"++accelerate_config={bad}", "accelerate rejects"),
+                             ("++accelerate_config=/nowhere.yaml", "does not exist"),
+                             ("++num_processes=2", "needs accelerate_config")):
+        cfg = load_study(str(study_yaml(tmp_path, models)), [override], Path("."))
+        with pytest.raises(StudyError, match=needle):
+            validate(cfg, build_cells(cfg))

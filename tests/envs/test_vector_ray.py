@@ -2,8 +2,9 @@
 two-node cluster on loopback (``ray start``), kills, hangs, recycling, Ctrl-C, bad input, and an eval
 that gives the same summary over Ray as over processes.
 
-Ray binds its servers on every interface and resolves 127.0.0.1 to the host's address
-(ray/_private/services.py resolve_ip_for_localhost); the tests only ever connect through 127.0.0.1.
+Ray binds its servers on every interface and rewrites 127.0.0.1 to the host's network address
+(ray/_private/services.py resolve_ip_for_localhost); nodes here use 127.0.0.2 (``LOOPBACK``), which
+it leaves alone, so every connection stays on the loopback range.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import madopd_envs
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 
-from madopd_envs.vector_ray import RayBackendError  # noqa: E402
+from madopd_envs.vector_ray import LOOPBACK, RayBackendError  # noqa: E402
 
 ENV = "madopd/TWX-Coin-v0"
 REPO = Path(__file__).resolve().parents[2]
@@ -156,7 +157,7 @@ def test_unreachable_address_fails_fast_in_one_line():
 
 @pytest.fixture
 def two_nodes():
-    """A head node and one worker node on this machine, joined over 127.0.0.1; yields the address.
+    """A head node and one worker node on this machine, joined over 127.0.0.2 (loopback); yields the address.
 
     Each node gets its own temp dir (short: Ray's socket paths must fit 107 bytes); teardown stops
     exactly the processes whose command line names those dirs.
@@ -170,12 +171,14 @@ def two_nodes():
     subprocess.run([str(RAY_BIN), "get-auth-token", "--generate"], env=env, check=True, capture_output=True, timeout=60)
     common = ["--disable-usage-stats", f"--object-store-memory={100 * 2**20}", "--num-cpus=1"]
     try:
+        # 127.0.0.2, not 127.0.0.1: Ray rewrites "127.0.0.1" to the host's network address, and every
+        # connection of this test must stay on the loopback range.
         subprocess.run([str(RAY_BIN), "start", "--head", f"--port={port}", f"--temp-dir={root}/h",
-                        "--include-dashboard=false", "--node-ip-address=127.0.0.1", *common],
+                        "--include-dashboard=false", f"--node-ip-address={LOOPBACK}", *common],
                        env=env, check=True, capture_output=True, timeout=120)
-        subprocess.run([str(RAY_BIN), "start", f"--address=127.0.0.1:{port}", f"--temp-dir={root}/w", *common],
-                       env=env, check=True, capture_output=True, timeout=120)
-        yield f"127.0.0.1:{port}", root
+        subprocess.run([str(RAY_BIN), "start", f"--address={LOOPBACK}:{port}", f"--temp-dir={root}/w",
+                        f"--node-ip-address={LOOPBACK}", *common], env=env, check=True, capture_output=True, timeout=120)
+        yield f"{LOOPBACK}:{port}", root
     finally:
         _stop_cluster(root)
         shutil.rmtree(root, ignore_errors=True)

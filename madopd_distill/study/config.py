@@ -11,7 +11,7 @@ import fnmatch
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,15 @@ class StudyError(ValueError):
 
 
 def _build(cls: type, values: dict[str, Any] | None, what: str) -> Any:
-    values = dict(values or {})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise StudyError(f"{what}: unknown key(s) {unknown}; known: {sorted(known)}")
-    return cls(**values)
+    """The trainer's checked construction, its unknown-key error as a :class:`StudyError`."""
+    from madopd_distill.trainer import _from_dict
+
+    try:
+        return _from_dict(cls, values, what)
+    except StudyError:
+        raise
+    except ValueError as e:
+        raise StudyError(str(e)) from None
 
 
 @dataclass

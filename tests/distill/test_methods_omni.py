@@ -89,13 +89,10 @@ def test_entropy_scheduler_reads_the_students_full_distribution():
 def test_text_only_openai_teacher_drives_omni_through_the_local_server(tmp_path):
     """``python -m madopd_agents.serve`` on 127.0.0.1 writes OmniOPD's continuations; it serves chat text
     only (no /completions, no /tokenize), so this runs only if the teacher is built text-only."""
-    import json
-    import sys
-
+    from cli_runs import read_log, run_train
     from served import served_model
 
     from madopd_agents.zoo import tiny_model_dir
-    from madopd_distill import train
     from madopd_distill.trainer import TeacherSpec, build_teachers
 
     s0, s1 = str(tiny_model_dir("S", seed=0)), str(tiny_model_dir("S", seed=1))
@@ -104,19 +101,13 @@ def test_text_only_openai_teacher_drives_omni_through_the_local_server(tmp_path)
                                                        text_only=True)], student_tokenizer=None)
         assert teachers == {} and type(agents["writer"]).__name__ == "OpenAIAgent"  # writes, never scores
         out = tmp_path / "omni"
-        old, sys.argv = sys.argv, ["madopd_distill.train", "method=omni", "env=madopd/TWX-Coin-v0", f"student={s0}",
-                                   "steps=2", "rollout.num_envs=1", "rollout.tasks_per_step=1",
-                                   "rollout.max_new_tokens=8", "rollout.max_env_steps=2", "micro_batch_tokens=4096",
-                                   f"teachers=[{{name:anchor,backend:hf,path:{s0}}},{{name:writer,backend:openai,"
-                                   f"base_url:'{base}',model:writer,text_only:true}}]", "method.teacher=writer",
-                                   "method.chunk_tokens=4", "method.num_continuations=2", "method.fork_quantile=0.5",
-                                   f"output_dir={out}"]
-        try:
-            train.main()
-        finally:
-            sys.argv = old
-    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if x.strip()]
-    steps = [r for r in log if r.get("kind") == "train"]
+        run_train(["method=omni", "env=madopd/TWX-Coin-v0", f"student={s0}", "steps=2", "rollout.num_envs=1",
+                   "rollout.tasks_per_step=1", "rollout.max_new_tokens=8", "rollout.max_env_steps=2",
+                   "micro_batch_tokens=4096", f"teachers=[{{name:anchor,backend:hf,path:{s0}}},{{name:writer,"
+                   f"backend:openai,base_url:'{base}',model:writer,text_only:true}}]", "method.teacher=writer",
+                   "method.chunk_tokens=4", "method.num_continuations=2", "method.fork_quantile=0.5",
+                   f"output_dir={out}"])
+    steps = read_log(out, "train")
     assert [r["step"] for r in steps] == [1, 2]
     assert sum(r["omni/forks"] for r in steps) > 0
     assert all(r["omni/continuations"] == 2 * r["omni/forks"] for r in steps)  # M answers per fork, over HTTP

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_runs import read_log, run_train
 
 ENV = "madopd/TWX-Coin-v0"
 COMMON = ["steps=2", "rollout.num_envs=1", "rollout.tasks_per_step=1", "rollout.max_new_tokens=8",
@@ -56,20 +57,6 @@ def method_args(name: str, m: dict[str, str]) -> list[str]:
     }[name]
 
 
-def run_train(argv: list[str]) -> None:
-    """``python -m madopd_distill.train <argv>`` in this interpreter."""
-    from madopd_distill import train
-
-    old = sys.argv
-    sys.argv = ["madopd_distill.train", *argv]
-    try:
-        train.main()
-    finally:
-        sys.argv = old
-
-
-def read_log(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
 
 
 @pytest.mark.parametrize("case", ["mt_opd", "mad_opd", "mad_opd_expert", "opad", "tcod_f2b", "tcod_b2f", "guided",

@@ -21,13 +21,13 @@ Tolerance: loss and grad norm within 1e-4 relative; weights after two AdamW step
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from cli_runs import read_log, run_train
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("accelerate")
@@ -67,19 +67,8 @@ def _launch2(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO, env=_env())
 
 
-def _run_here(argv: list[str]) -> None:
-    from madopd_distill import train
-
-    old = sys.argv
-    sys.argv = ["madopd_distill.train", *argv]
-    try:
-        train.main()
-    finally:
-        sys.argv = old
-
-
 def _train_log(path: Path) -> list[dict]:
-    return [r for r in map(json.loads, filter(str.strip, path.read_text().splitlines())) if r["kind"] == "train"]
+    return read_log(path, "train")
 
 
 def _weights(out: Path) -> dict:
@@ -103,7 +92,7 @@ def test_two_processes_match_one_with_the_same_global_batch_and_resume(tmp_path:
     # One process, the same global batch, in this process; its env workers are Ray actors when the
     # extra is installed (the backend must not change a single number).
     backend = ["--backend", "ray"] if importlib.util.find_spec("ray") else []
-    _run_here([*common, "steps=2", f"output_dir={one}", *backend])
+    run_train([*common, "steps=2", f"output_dir={one}", *backend])
 
     main, rank1, single = _train_log(two / "log.jsonl"), _train_log(two / "rank1" / "log.jsonl"), \
         _train_log(one / "log.jsonl")

@@ -7,30 +7,17 @@ Tiny models (zoo tiny S, ~1M parameters) on TextWorldExpress SimonSays; a few se
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from cli_runs import read_log, run_cli
 
 ENV = "madopd/TWX-SimonSays-v0"
 SMALL = "model_overrides={hidden_size:32,num_hidden_layers:1,intermediate_size:64,num_attention_heads:2," \
         "num_key_value_heads:1,head_dim:16}"
 
 
-def run(module: str, argv: list[str]) -> None:
-    import importlib
-
-    mod = importlib.import_module(module)
-    old = sys.argv
-    sys.argv = [module, *argv]
-    try:
-        mod.main()
-    finally:
-        sys.argv = old
-
-
-def log(out: Path) -> list[dict]:
-    return [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if x.strip()]
+run, log = run_cli, read_log
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import pytest
 import madopd_envs
 from madopd_envs.jvm import EngineCrashed, child_jvms, java_process
 from madopd_envs.scienceworld.tasks import (
+    GOLD_MEASURED,
     LONGEST_GOLD,
     STEP_LIMITS,
     TASKS,
@@ -60,6 +61,7 @@ def test_every_task_has_a_step_limit_that_its_longest_gold_path_fits():
     for task, longest in LONGEST_GOLD.items():
         assert STEP_LIMITS[task] == step_limit_rule(longest) >= max(100, longest), task
     assert LONGEST_GOLD["boil"] > 100  # the paper's fixed 100 steps cannot win every variation
+    assert all(0 < k <= sum(TASKS[t][1:]) for t, (_, k) in GOLD_MEASURED.items())  # variations measured
     spec = madopd_envs.spec("madopd/ScienceWorld-v0")
     assert spec.max_episode_steps == max(STEP_LIMITS.values())  # the eval's cap; each task ends at its own
     assert "max(100, 10 * ceil(1.25 * longest gold path / 10))" in spec.card.metrics
@@ -279,9 +281,10 @@ def test_gold_path_expert_wins_one_test_variation_of_every_task(tmp_path):
     for task_id in env.tasks("test"):
         first.setdefault(task_id.split("/")[0], task_id)
     env.close()
-    # Gold paths run past the registered 100-step limit (up to 759 steps in the sampled variations).
+    # The registered cap: each episode ends at its task's own limit, which its gold path fits.
+    cap = madopd_envs.spec("madopd/ScienceWorld-v0").max_episode_steps
     entry = Entry(env="madopd/ScienceWorld-v0", split="test", episodes=len(first), task_ids=tuple(first.values()),
-                  max_steps=10_000, env_kwargs=(("admissible", False),))
+                  max_steps=cap, env_kwargs=(("admissible", False),))
     evaluate(agent_name="expert", agent_args={}, entries=[entry], output=tmp_path / "run", num_envs=2,
              progress=False, log=lambda _: None)
     records = [json.loads(line) for line in (tmp_path / "run" / "episodes.jsonl").read_text().splitlines()]

@@ -70,14 +70,16 @@ def test_killed_worker_is_reported_restarted_and_leaves_no_orphan():
 
 
 def test_hung_worker_times_out_and_is_replaced():
-    with madopd_envs.make_vec(ENV, 1, step_timeout=2) as vec:
-        _, infos = vec.reset(seed=0)
+    with madopd_envs.make_vec(ENV, 1, step_timeout=60) as vec:
+        _, infos = vec.reset(seed=0)  # the JVM starts here: give it time on a busy machine
+        vec.step_timeout = 2
         hung = vec.pids()[0]
         os.kill(hung, signal.SIGSTOP)  # a real hang: the process exists but never answers
         t = time.monotonic()
         _, _, _, trunc, infos = vec.step([infos[0]["admissible_actions"][0]])
         assert time.monotonic() - t < 15 and trunc[0] and "hung" in infos[0]["error"]
         assert vec.pids()[0] != hung and not _alive([hung])
+        vec.step_timeout = 60  # the replacement's first reset starts a new JVM
         assert vec.reset(seed=0)[0][0]
 
 

@@ -171,8 +171,9 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
             raise RayBackendError(f"cannot join the Ray cluster at {address}: {str(e).splitlines()[0]}{hint}") from e
         return False
     # A small local cluster: a 100 MB object store (env traffic is a few KB of text per step). Ray maps
-    # "127.0.0.1"/"localhost" to the host's network address (services.resolve_ip_for_localhost), but
-    # not 127.0.0.2: the node's own traffic then stays on the loopback range.
+    # "127.0.0.1"/"localhost" to the host's network address (services.resolve_ip_for_localhost), not
+    # 127.0.0.2; its GCS still advertises the host's address to its own processes (seen with ss), so
+    # those connections go to this machine's own interface address, never to another host.
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), object_store_memory=100 * 2**20,
              _node_ip_address=LOOPBACK, **kwargs)
     return True

@@ -3,8 +3,9 @@ two-node cluster on loopback (``ray start``), kills, hangs, recycling, Ctrl-C, b
 that gives the same summary over Ray as over processes.
 
 Ray binds its servers on every interface and rewrites 127.0.0.1 to the host's network address
-(ray/_private/services.py resolve_ip_for_localhost); nodes here use 127.0.0.2 (``LOOPBACK``), which
-it leaves alone, so every connection stays on the loopback range.
+(ray/_private/services.py resolve_ip_for_localhost); nodes here are given 127.0.0.2 (``LOOPBACK``),
+which it leaves alone. Ray's GCS still advertises this machine's own interface address to its
+processes: every connection stays on this machine, none goes to another host.
 """
 
 from __future__ import annotations
@@ -171,8 +172,7 @@ def two_nodes():
     subprocess.run([str(RAY_BIN), "get-auth-token", "--generate"], env=env, check=True, capture_output=True, timeout=60)
     common = ["--disable-usage-stats", f"--object-store-memory={100 * 2**20}", "--num-cpus=1"]
     try:
-        # 127.0.0.2, not 127.0.0.1: Ray rewrites "127.0.0.1" to the host's network address, and every
-        # connection of this test must stay on the loopback range.
+        # 127.0.0.2, not 127.0.0.1: Ray rewrites "127.0.0.1" to the host's network address.
         subprocess.run([str(RAY_BIN), "start", "--head", f"--port={port}", f"--temp-dir={root}/h",
                         "--include-dashboard=false", f"--node-ip-address={LOOPBACK}", *common],
                        env=env, check=True, capture_output=True, timeout=120)

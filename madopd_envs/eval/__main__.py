@@ -47,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--profile", action="store_true",
                    help="print where the time went (env, prompt, prefill, decode, I/O...) after each agent's table")
-    p.add_argument("--backend", choices=("process", "ray"), default="process",
-                   help="env workers: local processes, or Ray actors (needs the `ray` extra)")
+    p.add_argument("--backend", choices=("process", "ray"), default=None,
+                   help="env workers: local processes, or Ray actors (needs the `ray` extra); default: the "
+                        "leaderboard's `workers: {backend: ...}`, else process")
     p.add_argument("--ray-address", help="with --backend ray: a running cluster's head (host:port); "
                                          "default: a local cluster started for this run")
     return p
@@ -102,16 +103,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from madopd_envs.vector_ray import RayBackendError, import_ray
 
-    vec_options = {"backend": args.backend}
-    if args.backend == "ray":
-        vec_options["ray_address"] = args.ray_address
-    elif args.ray_address:
-        print("error: --ray-address needs --backend ray", file=sys.stderr)
-        return 2
     summaries = []
     try:
-        if args.backend == "ray":
+        workers = load_leaderboard(args.leaderboard).workers if args.leaderboard else {}
+        backend = args.backend or workers.get("backend") or "process"
+        vec_options = {"backend": backend}
+        if backend == "ray":
+            vec_options["ray_address"] = args.ray_address or workers.get("ray_address")
             import_ray()  # a missing extra fails here, before any model loads
+        elif args.ray_address:
+            raise ConfigError("--ray-address needs --backend ray")
         try:
             agent_args = parse_agent_args(args.agent_args)
         except ValueError:

@@ -52,10 +52,14 @@ class Entry:
 
 @dataclass(frozen=True)
 class Leaderboard:
+    """``workers``: how its env workers run unless the command line says otherwise (``backend``:
+    ``process`` or ``ray``; ``ray_address``: a running cluster's head, ``host:port``)."""
+
     name: str
     entries: tuple[Entry, ...]
     description: str = ""
     source: str = ""
+    workers: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
 
 def _entry(raw: dict[str, Any], where: str) -> Entry:
@@ -90,8 +94,11 @@ def load_leaderboard(name: str, _seen: tuple[str, ...] = ()) -> Leaderboard:
     unique = list(dict.fromkeys(entries))
     if not unique:
         raise ConfigError(f"{path}: the leaderboard has no entries")
+    workers = dict(data.get("workers") or {})
+    if set(workers) - {"backend", "ray_address"} or workers.get("backend", "process") not in ("process", "ray"):
+        raise ConfigError(f"{path}: workers may have backend (process | ray) and ray_address; got {workers}")
     return Leaderboard(name=str(data.get("name", name)), entries=tuple(unique),
-                       description=str(data.get("description", "")), source=str(path))
+                       description=str(data.get("description", "")), source=str(path), workers=workers)
 
 
 @dataclass(frozen=True)

@@ -93,3 +93,23 @@ def test_store_renders_markdown_and_html_with_plot(tmp_path, capsys):
     page = (tmp_path / "index.html").read_text()
     assert page.count("data:image/png;base64,iVBOR") == 1 and "<table" in page
     assert report_main(["--store", str(tmp_path / "empty")]) == 2
+
+
+def test_a_leaderboard_names_its_workers_backend(tmp_path, monkeypatch, capsys):
+    """``workers: {backend: ray, ray_address: ...}`` in the YAML reaches the env workers (here: a Ray
+    address nobody listens on, refused in one line); a bad backend is a config error."""
+    from madopd_envs.eval.__main__ import main
+
+    (tmp_path / "leaderboard").mkdir()
+    entry = "entries:\n  - {env: madopd/TWX-Coin-v0, split: test, episodes: 1, max_steps: 2}\n"
+    (tmp_path / "leaderboard" / "onray.yaml").write_text(entry + "workers: {backend: ray, ray_address: '127.0.0.1:9'}\n")
+    (tmp_path / "leaderboard" / "badworkers.yaml").write_text(entry + "workers: {backend: threads}\n")
+    monkeypatch.setenv("MADOPD_CONF", str(tmp_path))
+    assert load_leaderboard("onray").workers == {"backend": "ray", "ray_address": "127.0.0.1:9"}
+    with pytest.raises(ConfigError, match="badworkers.yaml: workers may have backend"):
+        load_leaderboard("badworkers")
+    assert main(["--agent", "random", "--leaderboard", "onray", "--output", str(tmp_path / "out")]) == 2
+    assert "cannot reach a Ray cluster at 127.0.0.1:9" in capsys.readouterr().err
+    # the command line wins over the leaderboard
+    assert main(["--agent", "random", "--leaderboard", "onray", "--backend", "process", "--no-progress",
+                 "--output", str(tmp_path / "out2")]) == 0

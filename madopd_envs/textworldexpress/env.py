@@ -162,6 +162,9 @@ class TWXEnv(TextEnv):
                 self._loaded = True
             state = orjson.loads(server.generateNewGameJSON(int(seed_text), fold, self.expert))
             self._task_text = str(server.getTaskDescription())
+            # Known engine quirk, left as is: the same seed can get a different gold path later in one JVM's
+            # life (test-20000: "move south, take coin", then "move west, move east, ..."), so expert runs
+            # are not a pure function of task and seed.
             self._gold = [str(a) for a in server.getGoldActionSequence()] if self.expert else []
         except Py4JJavaError as e:  # the engine could not build this game (e.g. parameters too tight)
             raise ValueError(f"TextWorldExpress could not generate {self.game} seed {seed_text} with "

@@ -373,7 +373,7 @@ def build(recipe: Recipe, command: str = "", out_root: Path | None = None, episo
     for spec_m, model in [(t[0], t[1]) for t in teachers] + students:
         path = root / spec_m.name
         _save_folder(path, model, tok)
-        entry = {"name": f"{recipe.name}/{spec_m.name}", "path": str(path), **base_of(spec_m),
+        entry = {"name": f"{recipe.name}/{spec_m.name}", **base_of(spec_m),
                  "parameters": sum(p.numel() for p in model.parameters()),
                  "size_bytes": sum(f.stat().st_size for f in path.iterdir() if f.is_file()), **figures[spec_m.name]}
         index["models"][spec_m.name] = entry
@@ -409,5 +409,5 @@ def write_card(path: Path, recipe: Recipe, entry: dict[str, Any], index: dict[st
                  f"{entry['size_bytes'] / 1e6:.1f} MB; whole recipe built in {index['build_seconds']:.0f} s",
              f"- base: {card['base']}", f"- licence: {card['license']}", f"- data: {card['data']}", "",
              "Measured on the recipe's held-out states and tasks:", "", "```json",
-             json.dumps(_finite({k: v for k, v in entry.items() if k not in ("name", "path")}), indent=1), "```"]
+             json.dumps(_finite({k: v for k, v in entry.items() if k != "name"}), indent=1), "```"]
     (path / "README.md").write_text("\n".join(lines) + "\n")

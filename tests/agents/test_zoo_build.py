@@ -150,3 +150,19 @@ def test_recipe_checks() -> None:
     r = load_recipe("simonsays")
     assert r.kind_of("Simon says, 'eat grapefruit'.") == "grapefruit"
     assert r.kind_of("a grape and an apple") == "grape" and r.kind_of("Simon says, 'sit down'.") == "other"
+
+
+def test_every_recipe_builds_at_toy_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each recipe of leaderboards/conf/zoo/ (besides simonsays, built above) goes through the whole pipeline."""
+    from madopd_distill.zoo.build import build
+
+    monkeypatch.setenv("MADOPD_CACHE", str(tmp_path))
+    recipes = sorted(p.stem for p in (REPO / "leaderboards" / "conf" / "zoo").glob("*.yaml"))
+    assert "simonsays" in recipes and len(recipes) >= 2
+    for name in recipes:
+        if name == "simonsays":
+            continue
+        toy = [x.replace("train_tasks.count=12", "train_tasks.count=4") for x in TOY]
+        index = build(load_recipe(name, toy), episodes_eval=False)
+        assert set(index["models"]) == {t.name for t in load_recipe(name).teachers} | {s.name for s in load_recipe(name).students}
+        assert all((tmp_path / "zoo" / name / m / "card.json").is_file() for m in index["models"])

@@ -34,7 +34,7 @@ def main() -> None:
     from madopd_agents.zoo import build_tokenizer, tiny_qwen3
     from madopd_distill.trainer import load_causal_lm
     from madopd_distill.zoo import load_recipe
-    from madopd_distill.zoo.build import generate, train
+    from madopd_distill.zoo.build import train
     from madopd_distill.zoo.data import collect_states, debate_samples, judge_samples
     from madopd_distill.zoo.recipe import TaskRange, TrainSpec
 

@@ -163,13 +163,29 @@ def accuracy(actions: Sequence[str], states: Sequence[State]) -> float:
     return sum(a == s.expert_action for a, s in zip(actions, states)) / max(1, len(states))
 
 
-def calibration_table(actions: Sequence[str], states: Sequence[State], kinds: Sequence[str]) -> dict[str, int]:
-    """Per kind, the Laplace-smoothed accuracy ``(right + 1) / (n + 2)`` as an integer percentage."""
-    table = {}
-    for kind in [*kinds, "other"]:
-        hits = [a == s.expert_action for a, s in zip(actions, states) if s.kind == kind]
-        table[kind] = round(100 * (sum(hits) + 1) / (len(hits) + 2))
-    return table
+def calibration_key(state: State, action: str) -> str:
+    """The finer calibration bin: the state's kind and the verb of the teacher's own action."""
+    return f"{state.kind}|{(action.split() or [''])[0]}"
+
+
+def calibration_table(actions: Sequence[str], states: Sequence[State], kinds: Sequence[str],
+                      by: str = "kind") -> dict[str, int]:
+    """Per kind (and, with ``by="kind_and_verb"``, per kind and verb of the teacher's own action), the
+    Laplace-smoothed accuracy ``(right + 1) / (n + 2)`` as an integer percentage."""
+    bins: dict[str, list[bool]] = {k: [] for k in [*kinds, "other"]}
+    for a, s in zip(actions, states):
+        bins[s.kind].append(a == s.expert_action)
+        if by == "kind_and_verb":
+            bins.setdefault(calibration_key(s, a), []).append(a == s.expert_action)
+    return {k: round(100 * (sum(h) + 1) / (len(h) + 2)) for k, h in bins.items()}
+
+
+def stated_confidence(table: dict[str, int], state: State, action: str, by: str) -> int:
+    """The confidence a teacher learns to state with ``action`` in ``state`` (the kind's value where the
+    finer bin was never seen)."""
+    if by == "kind_and_verb":
+        return table.get(calibration_key(state, action), table[state.kind])
+    return table[state.kind]
 
 
 def expected_calibration_error(confidences: Sequence[float], correct: Sequence[bool], bins: int = 10) -> float:
@@ -319,7 +335,7 @@ def build(recipe: Recipe, command: str = "", out_root: Path | None = None, episo
     tables, own_actions = [], []
     for (spec, _, _, _), agent in zip(teachers, agents):
         cal_actions = [parse_action(r) for r in generate(agent, [s.context for s in cal_states], recipe.max_new_tokens)]
-        tables.append(calibration_table(cal_actions, cal_states, recipe.kinds))
+        tables.append(calibration_table(cal_actions, cal_states, recipe.kinds, recipe.calibrate_by))
         own_actions.append([parse_action(r) for r in generate(agent, [s.context for s in train_states],
                                                                recipe.max_new_tokens)])
         log(f"{spec.name} calibration (confidence per kind): {tables[-1]}")
@@ -328,7 +344,7 @@ def build(recipe: Recipe, command: str = "", out_root: Path | None = None, episo
         pairs = plain(own)
         for j, s in enumerate(train_states):
             acts = [own_actions[t][j] for t in range(len(teachers))]
-            confs = [tables[t][s.kind] for t in range(len(teachers))]
+            confs = [stated_confidence(tables[t], s, acts[t], recipe.calibrate_by) for t in range(len(teachers))]
             pairs += debate_samples(s, k, acts, confs, DEBATE_ROUNDS)
             pairs += judge_samples(s, "two") + judge_samples(s, "three")
         fit2 = train(model, tok, pairs, spec.protocol, spec.seed + 1, f"{spec.name} protocol")

@@ -115,6 +115,9 @@ class Recipe:
             (``other`` included where wanted).
         train_tasks / calibration_tasks / heldout_tasks: disjoint task ranges: teachers learn on the
             first, their confidence is calibrated on the second, every figure is measured on the third.
+        calibrate_by: ``kind``: a teacher's stated confidence is its measured accuracy in the state's kind;
+            ``kind_and_verb``: in the state's kind *and* the verb of its own action (for envs whose kinds
+            mix actions a teacher always gets right with ones it gets right only on its own kinds).
         vocab_size: the shared tokenizer's size (trained on the recipe's own texts).
         max_env_steps: episode cap when playing.
         max_new_tokens: generation cap of a reply (an action plus a confidence tag).
@@ -130,6 +133,7 @@ class Recipe:
     train_tasks: TaskRange = field(default_factory=lambda: TaskRange(0, 400))
     calibration_tasks: TaskRange = field(default_factory=lambda: TaskRange(800, 100))
     heldout_tasks: TaskRange = field(default_factory=lambda: TaskRange(900, 50))
+    calibrate_by: str = "kind"
     vocab_size: int = 1024
     max_env_steps: int = 20
     max_new_tokens: int = 24
@@ -139,6 +143,8 @@ class Recipe:
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name or ""):
             raise RecipeError(f"recipe name {self.name!r}: use letters, digits, '_', '-' and '.' only")
+        if self.calibrate_by not in ("kind", "kind_and_verb"):
+            raise RecipeError(f"calibrate_by must be 'kind' or 'kind_and_verb', got {self.calibrate_by!r}")
         if len(self.teachers) < 2:
             raise RecipeError(f"recipe {self.name}: a zoo needs >= 2 teachers (debates, routing); got {len(self.teachers)}")
         if not self.students:

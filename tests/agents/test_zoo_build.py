@@ -166,3 +166,16 @@ def test_every_recipe_builds_at_toy_size(tmp_path: Path, monkeypatch: pytest.Mon
         index = build(load_recipe(name, toy), episodes_eval=False)
         assert set(index["models"]) == {t.name for t in load_recipe(name).teachers} | {s.name for s in load_recipe(name).students}
         assert all((tmp_path / "zoo" / name / m / "card.json").is_file() for m in index["models"])
+
+
+def test_calibration_by_kind_and_verb() -> None:
+    from madopd_distill.zoo.build import stated_confidence
+
+    states = [State("t", 0, [], "read book", "apple"), State("t", 1, [], "take apple", "apple"),
+              State("t", 2, [], "take apple", "apple")]
+    actions = ["read book", "take pear", "take pear"]  # right when reading, wrong when taking
+    table = calibration_table(actions, states, ["apple"], by="kind_and_verb")
+    assert table["apple"] == 40 and table["apple|read"] == 67 and table["apple|take"] == 25
+    assert stated_confidence(table, states[1], "take pear", "kind_and_verb") == 25
+    assert stated_confidence(table, states[1], "look around", "kind_and_verb") == 40  # unseen verb: the kind's
+    assert stated_confidence(table, states[1], "take pear", "kind") == 40

@@ -306,7 +306,7 @@ class StepLogger:
             # Drop what a crashed run logged past its last checkpoint (step N = N steps done): redone now.
             keep = [ln for ln in self.path.read_text().splitlines()
                     if ln.strip() and json.loads(ln).get("step", -1) <= resume_from_step]
-            _atomic_write(self.path, "".join(k + "\n" for k in keep))
+            atomic_write(self.path, "".join(k + "\n" for k in keep))
         elif resume_from_step is None and self.path.exists():
             self.path.unlink()
         self.tb = None
@@ -332,7 +332,8 @@ class StepLogger:
             self.tb.close()
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
+    """Written to a temporary sibling and renamed: a kill never leaves half a file behind."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -358,7 +359,7 @@ def save_checkpoint(out_dir: Path, step: int, accelerator: Any, model: Any, toke
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _atomic_write(root / "latest", final.name)
+        atomic_write(root / "latest", final.name)
         for old in sorted(p for p in root.glob("step-*") if p != final)[: max(0, len(list(root.glob("step-*"))) - keep)]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()

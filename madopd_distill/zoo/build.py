@@ -296,6 +296,7 @@ def build(recipe: Recipe, command: str = "", out_root: Path | None = None, episo
     """Build every model of ``recipe`` into ``<out_root>/<recipe>/<model>``; return the zoo index."""
     from madopd_agents.hf import HFAgent
     from madopd_agents.zoo import _save_folder, build_tokenizer, zoo_dir
+    from madopd_distill.trainer import atomic_write
 
     torch.set_num_threads(1)
     t_start = time.perf_counter()
@@ -394,7 +395,7 @@ def build(recipe: Recipe, command: str = "", out_root: Path | None = None, episo
                  "size_bytes": sum(f.stat().st_size for f in path.iterdir() if f.is_file()), **figures[spec_m.name]}
         index["models"][spec_m.name] = entry
         write_card(path, recipe, entry, index)
-    (root / "zoo.json").write_text(json.dumps(_finite(index), indent=2))
+    atomic_write(root / "zoo.json", json.dumps(_finite(index), indent=2))
     log(f"{recipe.name}: built {len(index['models'])} models in {build_s:.0f} s -> {root}")
     return index
 
@@ -411,6 +412,8 @@ def base_of(spec: TeacherSpec | StudentSpec) -> dict[str, str]:
 
 def write_card(path: Path, recipe: Recipe, entry: dict[str, Any], index: dict[str, Any]) -> None:
     """``card.json`` (machine-readable) and ``README.md`` beside the weights."""
+    from madopd_distill.trainer import atomic_write
+
     card = {**entry, "recipe": recipe.name, "env": recipe.env, "env_kwargs": recipe.env_kwargs,
             "prompt": recipe.prompt, "max_new_tokens": recipe.max_new_tokens, "command": index["command"],
             "build_seconds_whole_recipe": index["build_seconds"],
@@ -419,7 +422,7 @@ def write_card(path: Path, recipe: Recipe, entry: dict[str, Any], index: dict[st
                     f"{recipe.train_tasks.first}..{recipe.train_tasks.first + recipe.train_tasks.count - 1}"}
     if entry["role"] == "teacher":
         card["debate"] = index["debate"]
-    (path / "card.json").write_text(json.dumps(_finite(card), indent=2))
+    atomic_write(path / "card.json", json.dumps(_finite(card), indent=2))
     lines = [f"# {entry['name']}", "", f"Built by `{index['command'] or 'python -m madopd_agents.zoo build ' + recipe.name}`.",
              "", f"- role: {entry['role']}; parameters: {entry['parameters']:,}; size on disk: "
                  f"{entry['size_bytes'] / 1e6:.1f} MB; whole recipe built in {index['build_seconds']:.0f} s",

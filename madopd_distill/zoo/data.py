@@ -122,7 +122,8 @@ def _candidates(env: Any, prompt: RolloutPrompt, task_id: str, split: str, prefi
 
 # -- protocol texts ----------------------------------------------------------------------------------
 def action_reply(action: str) -> str:
-    return f"<action>{action}</action>"
+    """An action written as the reply the prompt layer asks for (one place defines that format)."""
+    return RolloutPrompt().format_action(action)
 
 
 def proposal(action: str, confidence: int) -> str:

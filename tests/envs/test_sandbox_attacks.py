@@ -537,9 +537,11 @@ def test_killing_the_process_that_starts_the_solution_gives_a_plain_verdict(sand
     r = run(sandbox, code, "assert candidate() == 1", "assert candidate() == 2")
     assert r.status == "ok" and r.passed == 0
     assert "killed the sandbox's process that starts it" in r.tests[1].error
-    at_load = run(sandbox, "import os\nos.kill(os.getppid(), 9)\ndef f():\n    return 1\n", "assert candidate() == 1")
-    for res in (r, at_load):
-        assert res.status in ("ok", "load_error") and res.first_error
+    # The checker may notice the kill before or after the code answers; the verdict is the same.
+    at_load = [run(sandbox, "import os\nos.kill(os.getppid(), 9)\ndef f():\n    return 1\n", "assert candidate() == 1",
+                   "assert candidate() == 1") for _ in range(6)]
+    for res in (r, *at_load):
+        assert res.status in ("ok", "load_error") and res.passed == 0 and res.first_error
         assert not any("Traceback" in (t.error or "") or "EOFError" in (t.error or "") for t in res.tests), res.tests
 
 

@@ -61,6 +61,7 @@ UNPARSED_PREFIXES = ("No known action matches that input.", "Unknown action.")
 JAVA_OPTIONS = f"{DEFAULT_JAVA_OPTIONS} {DETERMINISTIC_HASH_OPTIONS}"
 
 GOLD_CACHE_SIZE = 512  # gold paths kept per env (a few KB each)
+_SEP = "\x1e"  # joins the valid actions on the Java side (no action holds it)
 
 
 class ScienceWorldEnv(TextEnv):
@@ -174,9 +175,16 @@ class ScienceWorldEnv(TextEnv):
 
         server = self._server()
         try:
-            return list(server.getValidActionObjectCombinations())
+            return self._listed(server)
         except Py4JError as e:
             raise self._crashed(e) from e
+
+    def _listed(self, server: Any) -> list[str]:
+        """The valid actions in two JVM round trips: ``list()`` over py4j's proxy of the Java list fetches
+        the actions one round trip each (417 at the start of ``boil``); joined on the Java side it is one
+        string. Same actions, same order (tests/envs/test_scienceworld.py checks it)."""
+        joined = self._engine._gateway.jvm.java.lang.String.join(_SEP, server.getValidActionObjectCombinations())
+        return joined.split(_SEP) if joined else []
 
     # -- episode --------------------------------------------------------------------------------
     def _load(self, task_id: str, split: str) -> tuple[str, dict[str, Any]]:
@@ -209,7 +217,7 @@ class ScienceWorldEnv(TextEnv):
             obs = server.step("look around")
             self._task_text = str(server.getTaskDescription())
             raw = int(round(100 * server.getScore()))
-            listed = list(server.getValidActionObjectCombinations()) if self.admissible else None
+            listed = self._listed(server) if self.admissible else None
         except Py4JError as e:
             raise self._crashed(e) from e
         self._gold_pos = 0
@@ -224,7 +232,7 @@ class ScienceWorldEnv(TextEnv):
             obs = server.step(action)
             raw = int(round(100 * server.getScore()))
             completed = bool(server.getCompleted())
-            listed = list(server.getValidActionObjectCombinations()) if self.admissible else None
+            listed = self._listed(server) if self.admissible else None
         except Py4JError as e:
             raise self._crashed(e) from e
         failed = raw < 0

@@ -171,6 +171,15 @@ def test_unparsed_action_is_invalid_and_answered(env):
     assert obs.startswith("No known action") and info["action_valid"] is False and not term
 
 
+def test_valid_actions_joined_on_the_java_side_equal_the_packages_list(env):
+    # The wrapper fetches the listing as one joined string; the package iterates py4j's list proxy.
+    # boil/22's first state lists the same 417 actions in the same order on every call.
+    env.reset(options={"task_id": LONG})
+    joined = env.admissible_actions()
+    assert joined == list(env._engine.server.getValidActionObjectCombinations())
+    assert len(joined) > 300 and all(a and "\x1e" not in a for a in joined)
+
+
 def test_valid_action_listing_is_optional_and_changes_nothing_else(env):
     actions = ["open door to outside", "go to outside", "look around"]
     traces = {}

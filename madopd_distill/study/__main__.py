@@ -4,6 +4,7 @@
     python -m madopd_distill.study study=simonsays --cells 'opd-*,tcod-s0' --jobs 2
     python -m madopd_distill.study study=simonsays seeds=[0,1,2,3] budget.steps=200
     python -m madopd_distill.study study=path/to/my_study.yaml --no-eval
+    python -m madopd_distill.study study=simonsays --publish opd-s0,mad_opd-s0   # students into the zoo
 
 Rerunning the same command resumes: finished cells are skipped, a cut cell continues from its last
 checkpoint, failed cells are retried. Exit codes: 0 every cell and eval done, 1 some failed (the
@@ -30,6 +31,9 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, str, list[str]]:
     p.add_argument("--jobs", type=int, default=1, help="cells run side by side, one torch thread each (default 1)")
     p.add_argument("--no-eval", action="store_true", help="train only (evaluate and write results later)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--publish", default="", metavar="CELLS",
+                   help="after the results: copy these cells' students into the committed zoo "
+                        "(leaderboards/zoo/<recipe>/student_<method>, e.g. --publish opd-s0,mad_opd-s0)")
     args = p.parse_args(argv)
     study = [o for o in args.overrides if o.startswith("study=")]
     if len(study) != 1:
@@ -52,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         cells = build_cells(cfg)
         train_ids, eval_ids = validate(cfg, cells)
         chosen = select_cells(cells, [c for c in args.cells.split(",") if c])
+        published = select_cells(cells, [c for c in args.publish.split(",") if c]) if args.publish else []
+        if args.publish and args.no_eval:
+            raise StudyError("--publish records held-out figures on the cards: drop --no-eval")
     except StudyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -71,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         agents = runner.eval_agents(cfg, cells, statuses)
         errors = runner.evaluate_all(cfg, eval_ids, agents, args.jobs, log)
         study = results.write_results(cfg, cells, agents, statuses, eval_ids, command, time.perf_counter() - t0, errors)
+        for path in runner.publish(cfg, published, study, CONF_DIR.parent.parent / "zoo"):
+            log(f"published {path}")
     except StudyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -164,6 +164,8 @@ class StudyConfig:
             ``TrainConfig`` keys (``micro_batch_tokens``, ``dtype``).
         methods: label -> :class:`MethodSpec`; ``opd`` is the reference of the paired differences.
         claims: the papers' claims, see :class:`Claim`.
+        claim_metric: the metric of a claim that names none (``score`` where success is rare at this
+            scale, as in long games the teachers seldom win).
         checkpoint_every: training checkpoints (a killed study resumes a cell from the last one).
         accelerate_config: an ``accelerate`` config file (e.g. ``leaderboards/conf/distill/accelerate/
             fsdp.yaml``, ``deepspeed_zero3.yaml``): OPD cells then run under ``accelerate launch`` with
@@ -187,6 +189,7 @@ class StudyConfig:
     budget: Budget = field(default_factory=Budget)
     base: dict[str, Any] = field(default_factory=dict)
     claims: list[Claim] = field(default_factory=list)
+    claim_metric: str = "success"
     checkpoint_every: int = 10
     accelerate_config: str | None = None
     num_processes: int = 1
@@ -207,7 +210,8 @@ class StudyConfig:
         d["train"] = _build(TaskSet, d.get("train"), "train")
         d["eval"] = _build(EvalSet, d.get("eval"), "eval")
         d["budget"] = _build(Budget, d.get("budget"), "budget")
-        d["claims"] = [_build(Claim, c, "claims[]") for c in d.get("claims") or []]
+        metric = d.get("claim_metric") or "success"
+        d["claims"] = [_build(Claim, {"metric": metric, **(c or {})}, "claims[]") for c in d.get("claims") or []]
         missing = [k for k in ("name", "env", "student", "teachers", "seeds") if d.get(k) in (None, "")]
         if missing:
             raise StudyError(f"the study config needs {', '.join(missing)}")

@@ -375,3 +375,46 @@ def evaluate_all(cfg: StudyConfig, eval_ids: list[str], agents: list[EvalAgent],
                             env=child_env({"MADOPD_CONF": conf_path})))
     run_jobs(job_list, jobs)
     return errors
+
+
+# -- publishing distilled students into the zoo ---------------------------------------------------
+def publish(cfg: StudyConfig, cells: list[Cell], study: dict[str, Any], root: Path) -> list[Path]:
+    """Copy these cells' final students to ``root/<recipe>/student_<label>`` with a card, so that
+    ``--agent <recipe>/student_<label>`` evaluates them like any zoo model (``make eval`` does).
+
+    ``<recipe>`` is the zoo recipe of the study's initial student (``zoo:<recipe>/...``), else the
+    study's name. The card carries the cell's command and its held-out figures from this study."""
+    import shutil
+
+    student = cfg.student.removeprefix("zoo:")
+    recipe = student.split("/")[0] if cfg.student.startswith("zoo:") and "/" in student else cfg.name
+    written = []
+    for c in cells:
+        model = final_model(cfg, c)
+        if model is None:
+            raise StudyError(f"--publish {c.id}: the cell has no final model (run it first)")
+        summary = read_json(Path(cfg.output_dir) / c.id / "summary.json") or {}
+        dest = root / recipe / f"student_{c.label.replace('@', '_at_').replace('.', '')}"
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(model, tmp, ignore=shutil.ignore_patterns("*.pt", "*.bin", "optimizer*", "state"))
+        files = sorted(p for p in tmp.iterdir() if p.is_file())
+        card = {
+            "name": f"{recipe}/{dest.name}", "role": f"student distilled by {c.label}",
+            "base": f"{cfg.student} distilled by {c.label} (study {cfg.name}, seed {c.seed}, {cfg.budget.steps} steps)",
+            "license": "Apache-2.0 (trained here from zoo models on engine-generated episodes)",
+            "size_bytes": sum(p.stat().st_size for p in files), "env": cfg.env, "env_kwargs": cfg.env_kwargs,
+            "prompt": cfg.prompt, "max_new_tokens": cfg.budget.max_new_tokens, "study": cfg.name,
+            "cell": c.id, "command": study["command"], "cell_command": next(
+                (x.get("command") for x in study["cells"] if x["id"] == c.id), None),
+            "heldout_episodes": {"success_rate": summary.get("success_rate"), "score": summary.get("mean_score"),
+                                 "episodes": summary.get("finished_episodes")}}
+        (tmp / "card.json").write_text(json.dumps(card, indent=2))  # the folder is renamed into place whole
+        (tmp / "README.md").write_text(
+            f"# {recipe}/{dest.name}\n\nThe student `{cfg.student}` after {c.label} (seed {c.seed}) in the "
+            f"study `{cfg.name}`: held-out success {summary.get('success_rate')}, score {summary.get('mean_score')} "
+            f"on {summary.get('finished_episodes')} episodes.\n\nMade by: `{study['command']}`\n")
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
+        written.append(dest)
+    return written

@@ -156,6 +156,20 @@ def test_study_kill_resume_and_a_crashing_cell(tmp_path: Path, models: dict[str,
     assert [json.loads(x)["step"] for x in (out / "cells" / "opd-s0" / "log.jsonl").read_text().splitlines()
             if json.loads(x)["kind"] == "train"] == [1, 2]
 
+    # --publish: a finished cell's student becomes a zoo model with a card holding its held-out figures
+    from madopd_agents.zoo import _is_complete
+    from madopd_distill.study import runner
+    from madopd_distill.study.config import build_cells, load_study
+
+    scfg = load_study(str(cfg), [], REPO / "leaderboards" / "conf" / "study")
+    (published,) = runner.publish(scfg, [c for c in build_cells(scfg) if c.id == "opd-s0"], study, tmp_path / "zoo")
+    card = json.loads((published / "card.json").read_text())
+    assert published == tmp_path / "zoo" / "t" / "student_opd" and _is_complete(published)
+    assert card["heldout_episodes"]["episodes"] == 2 and card["cell"] == "opd-s0" and "madopd_distill.study" in card["command"]
+    assert not any(p.name.startswith(".") for p in published.parent.iterdir())  # no temporary folder left
+    with pytest.raises(runner.StudyError, match="no final model"):
+        runner.publish(scfg, [c for c in build_cells(scfg) if c.id == "broken-s0"], study, tmp_path / "zoo")
+
     # the leaderboard report shows the study
     rep = subprocess.run([sys.executable, "-m", "madopd_envs.eval.report", "--store", str(out.parent)], cwd=REPO,
                          env=env, capture_output=True, text=True, timeout=300)

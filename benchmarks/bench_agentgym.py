@@ -11,7 +11,8 @@ madopd's own virtualenv.
 
 The two sides play the same episodes: fixed ScienceWorld test variations, each replaying the engine's
 gold action sequence (generated once with madopd's JVM options and cached under ``benchmarks/.cache``).
-With N concurrent environments, slot ``i`` plays episodes ``i, i+N, ...`` of the schedule.
+With N concurrent environments, slot ``i`` plays ``k`` consecutive episodes of the list from its
+``i``-th (wrapping around).
 
   agentgym  the server (``sciworld --host 127.0.0.1``, started here) and N threads each issuing the
             requests AgentGym's ``SciworldEnvClient`` issues: POST /create, /reset {data_idx},
@@ -65,14 +66,12 @@ DEFAULT_VENV = ROOT / "benchmarks" / ".venvs" / "agentgym"
 CACHE = ROOT / "benchmarks" / ".cache" / "agentgym_gold.json"
 # AgentGym's server leaves these tasks (paper ids) out of its data_idx enumeration.
 AGENTGYM_EXCLUDED = {"5-1", "5-2", "9-1", "9-2", "9-3", "10-1", "10-2"}
-# (task, k): the k-th test variation. Tasks AgentGym serves, gold paths of 8-60 steps (<= the 100-step
-# limit AgentGym's engine objects keep), a spread of topics.
+# (task, k): the k-th test variation. Tasks AgentGym serves, gold paths of 11-19 actions (so that the
+# envs of a lockstep batch finish their episodes at about the same time), a spread of topics.
 EPISODES: list[tuple[str, int]] = [
-    ("find-living-thing", 0), ("use-thermometer", 0), ("power-component", 0), ("test-conductivity", 0),
-    ("chemistry-mix-paint-secondary-color", 0), ("lifespan-longest-lived", 0), ("identify-life-stages-1", 0),
-    ("find-plant", 1), ("test-conductivity-of-unknown-substances", 0), ("find-animal", 2),
-    ("chemistry-mix", 0), ("power-component-renewable-vs-nonrenewable-energy", 0),
-    ("identify-life-stages-2", 0), ("find-non-living-thing", 3), ("lifespan-shortest-lived", 0),
+    ("find-living-thing", 0), ("use-thermometer", 0), ("test-conductivity", 0), ("chemistry-mix", 0),
+    ("find-plant", 1), ("power-component-renewable-vs-nonrenewable-energy", 0),
+    ("test-conductivity-of-unknown-substances", 0), ("find-animal", 2), ("identify-life-stages-2", 0),
     ("chemistry-mix-paint-tertiary-color", 0),
 ]
 GB = 1024 ** 3
@@ -342,15 +341,17 @@ def gold_paths(episodes: list[tuple[str, int]]) -> dict[str, list[str]]:
 def build_schedule(n: int, episodes_per_env: int, min_episodes: int) -> list[list[dict]]:
     gold = gold_paths(EPISODES)
     idx = data_index()
-    total = max(n * episodes_per_env, min_episodes)
-    total = -(-total // n) * n  # every slot plays as many episodes
-    eps = []
-    for j in range(total):
-        task, k = EPISODES[j % len(EPISODES)]
-        v = variations(task, "test")[k]
-        eps.append({"task": task, "variation": v, "split": "test", "data_idx": idx[(task, v)],
-                    "actions": gold[f"{task}/{v}"]})
-    return [eps[i::n] for i in range(n)]
+    per_slot = max(episodes_per_env, -(-min_episodes // n))
+    out = []
+    for i in range(n):  # slot i: per_slot consecutive episodes of the list, starting at its i-th
+        eps = []
+        for j in range(i, i + per_slot):
+            task, k = EPISODES[j % len(EPISODES)]
+            v = variations(task, "test")[k]
+            eps.append({"task": task, "variation": v, "split": "test", "data_idx": idx[(task, v)],
+                        "actions": gold[f"{task}/{v}"]})
+        out.append(eps)
+    return out
 
 
 def compare(a: list[Trace], b: list[Trace]) -> tuple[int, int, int, list[str]]:
@@ -387,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--agentgym", type=Path, required=True, help="a clone (checkout or bare) of WooooDyy/AgentGym")
     ap.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="the AgentGym server's virtualenv (made if missing)")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    ap.add_argument("--quick", action="store_true", help="1 and 8 envs, one round, one episode per env")
+    ap.add_argument("--quick", action="store_true", help="1 and 8 envs, one round, two episodes per env")
     ap.add_argument("--rounds", type=int, default=1, help="rounds of both sides per concurrency (order alternates)")
     ap.add_argument("--episodes-per-env", type=int, default=2)
     ap.add_argument("--min-episodes", type=int, default=4, help="at least this many episodes per run (1 env)")
@@ -397,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     if args.quick:
-        args.concurrency, args.rounds, args.episodes_per_env = [1, 8], 1, 1
+        args.concurrency, args.rounds, args.episodes_per_env = [1, 8], 1, 2
     variants = [v.strip() for v in args.madopd.split(",") if v.strip()]
     if not variants or any(v not in ("lean", "default") for v in variants):
         sys.exit("error: --madopd takes lean and/or default (comma-separated)")

@@ -4,8 +4,9 @@
     .venv/bin/python benchmarks/bench_vector.py --env madopd/ScienceWorld-v0 --steps 200
 
 Both sides replay the same seeded random-admissible action sequence, so they do the same engine
-work; the difference per step is the cost of isolation (pickling + a pipe round trip). Then the
-aggregate throughput of 1, 2, 4 workers stepping in lockstep.
+work; the difference per step is the cost of isolation (pickling + a pipe round trip). With
+``--envs-per-worker k`` one worker hosts k envs (one message per batched step) against k envs stepped
+in this process. Then the aggregate throughput of 1, 2, 4 workers stepping in lockstep.
 """
 
 from __future__ import annotations
@@ -40,25 +41,31 @@ def plan_actions(env_id: str, steps: int, seed: int) -> list[tuple[str, object]]
     return script
 
 
-def run_in_process(env_id: str, script) -> float:
-    env = madopd_envs.make(env_id, max_episode_steps=None)
-    env.reset(seed=0)  # warm up the engine
+def run_in_process(env_id: str, script, k: int = 1) -> float:
+    """``k`` envs in this process, each replaying the script (the work a worker hosting k envs does)."""
+    envs = [madopd_envs.make(env_id, max_episode_steps=None) for _ in range(k)]
+    for env in envs:
+        env.reset(seed=0)  # warm up the engine
     t = time.perf_counter()
     for kind, arg in script:
-        env.reset(seed=arg) if kind == "reset" else env.step(arg)
+        for env in envs:
+            env.reset(seed=arg) if kind == "reset" else env.step(arg)
     elapsed = time.perf_counter() - t
-    env.close()
+    for env in envs:
+        env.close()
     return elapsed
 
 
-def run_workers(env_id: str, script, num_envs: int) -> float:
-    with madopd_envs.make_vec(env_id, num_envs, max_episode_steps=None) as vec:
+def run_workers(env_id: str, script, num_envs: int, envs_per_worker: int = 1) -> float:
+    # group_size = envs_per_worker: a worker's envs play the same task, so the script's actions are
+    # admissible in each (as in run_in_process); other workers play other seeds -- the engine still
+    # does one step of work per env, which is what throughput counts.
+    with madopd_envs.make_vec(env_id, num_envs, group_size=envs_per_worker, envs_per_worker=envs_per_worker,
+                              max_episode_steps=None) as vec:
         vec.reset(seed=0)
         t = time.perf_counter()
         for kind, arg in script:
             vec.reset(seed=arg) if kind == "reset" else vec.step([arg] * num_envs)
-        # group_size 1: env i plays seed + i, so actions may not be admissible there; the engine
-        # still does one step of work per env, which is what throughput counts.
         return time.perf_counter() - t
 
 
@@ -68,20 +75,24 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scaling", default="1,2,4")
+    parser.add_argument("--envs-per-worker", default="1,4", help="overhead of one worker hosting k envs, per k")
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved repeats; the best of each side")
     args = parser.parse_args()
 
     script = plan_actions(args.env, args.steps, args.seed)
     n_steps = sum(kind == "step" for kind, _ in script)
     ops = len(script)
-    t_in = run_in_process(args.env, script)
+    result = {"env": args.env, "steps": n_steps, "resets": ops - n_steps, "load_avg_1m": os.getloadavg()[0],
+              "overhead": {}, "scaling_ops_per_s": {}}
+    for k in map(int, args.envs_per_worker.split(",")):
+        t_in = t_w = float("inf")
+        for _ in range(args.repeat):  # interleaved, so both sides see the same machine load
+            t_in = min(t_in, run_in_process(args.env, script, k))
+            t_w = min(t_w, run_workers(args.env, script, k, envs_per_worker=k))
+        per_in, per_w = t_in / (ops * k) * 1e3, t_w / (ops * k) * 1e3
+        result["overhead"][k] = {"in_process_ms_per_env_op": round(per_in, 3), "worker_ms_per_env_op": round(per_w, 3),
+                                 "overhead_ms": round(per_w - per_in, 4), "overhead_pct": round(100 * (t_w / t_in - 1), 1)}
     t_w1 = run_workers(args.env, script, 1)
-    per_op_in, per_op_w = t_in / ops * 1e3, t_w1 / ops * 1e3
-    result = {
-        "env": args.env, "steps": n_steps, "resets": ops - n_steps,
-        "in_process_ms_per_op": round(per_op_in, 3), "worker_ms_per_op": round(per_op_w, 3),
-        "overhead_ms_per_op": round(per_op_w - per_op_in, 3), "overhead_pct": round(100 * (t_w1 / t_in - 1), 1),
-        "scaling_ops_per_s": {},
-    }
     for n in map(int, args.scaling.split(",")):
         t = t_w1 if n == 1 else run_workers(args.env, script, n)
         result["scaling_ops_per_s"][n] = round(n * ops / t, 1)

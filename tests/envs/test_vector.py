@@ -83,6 +83,54 @@ def test_hung_worker_times_out_and_is_replaced():
         assert vec.reset(seed=0)[0][0]
 
 
+def test_envs_sharing_a_worker_play_as_if_alone():
+    with madopd_envs.make_vec(ENV, 4, group_size=2) as alone, \
+            madopd_envs.make_vec(ENV, 4, group_size=2, envs_per_worker=2) as shared:
+        assert len(set(shared.pids())) == 2 and len(set(alone.pids())) == 4
+        traces = []
+        for vec in (alone, shared):
+            obs, infos = vec.reset(seed=3)
+            trace = [obs]
+            for turn in range(4):  # env 3 sits out every other step
+                actions = [i["admissible_actions"][k % len(i["admissible_actions"])] if i else None
+                           for k, i in enumerate(infos)]
+                actions[3] = actions[3] if turn % 2 else None
+                obs, rew, term, trunc, step_infos = vec.step(actions)
+                trace.append((obs, rew.tolist(), term.tolist()))
+                infos = [x if x else infos[k] for k, x in enumerate(step_infos)]
+            traces.append(trace)
+        assert traces[0] == traces[1]
+
+
+def test_a_dead_shared_worker_errors_each_of_its_episodes():
+    with madopd_envs.make_vec(ENV, 3, envs_per_worker=2, step_timeout=20) as vec:
+        _, infos = vec.reset(seed=0)
+        victim = vec.pids()[0]
+        assert vec.pids()[1] == victim != vec.pids()[2]
+        os.kill(victim, signal.SIGKILL)
+        acts = [i["admissible_actions"][0] for i in infos]
+        obs, _, _, trunc, out = vec.step([acts[0], None, acts[2]])
+        assert trunc[0] and "died" in out[0]["error"] and "error" not in out[2] and obs[2]
+        assert out[1] == {} and vec.pids()[0] == vec.pids()[1] != victim
+        # env 1 sat that step out, but its episode died with the worker: said on its next step, once
+        _, _, _, trunc, out = vec.step([None, acts[1], None])
+        assert trunc[1] and "lost its episode" in out[1]["error"]
+        obs, out = vec.reset(seed=1, indices=[1])  # answers in the order of indices
+        assert obs[0] and "error" not in out[0]
+        assert "error" not in vec.step([None, out[0]["admissible_actions"][0], None])[4][1]
+
+
+def test_shared_workers_recycle_only_when_none_of_their_episodes_is_in_flight():
+    with madopd_envs.make_vec(ENV, 2, envs_per_worker=2, recycle_after=1) as vec:
+        first = vec.pids()[0]
+        vec.reset(seed=0)
+        vec.reset(seed=1, indices=[0])
+        vec.reset(seed=2, indices=[0])  # env 1's episode is in flight: no recycling
+        assert vec.pids()[0] == first
+        vec.reset(seed=3)
+        assert vec.pids()[0] != first
+
+
 def test_recycling_restarts_workers_after_n_episodes():
     with madopd_envs.make_vec(ENV, 1, recycle_after=2) as vec:
         first = vec.pids()[0]

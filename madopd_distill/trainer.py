@@ -156,22 +156,26 @@ class EvalConfig:
 @dataclass
 class WorkersConfig:
     """Where the env workers run: ``backend`` ``process`` (local processes) or ``ray`` (Ray actors,
-    the ``ray`` extra; ``ray_address`` a running cluster, none: a local one; ``cpus_per_env`` each)."""
+    the ``ray`` extra; ``ray_address`` a running cluster, none: a local one; ``cpus_per_env`` each).
+    ``envs_per_worker``: envs hosted by one local process (fast engines: see ``madopd_envs.vector``)."""
 
     backend: str = "process"
     ray_address: str | None = None
     cpus_per_env: float = 1.0
+    envs_per_worker: int = 1
 
     def __post_init__(self) -> None:
         if self.backend not in ("process", "ray"):
             raise ValueError(f"workers.backend must be process or ray, got {self.backend!r}")
         if self.backend == "process" and self.ray_address:
             raise ValueError("workers.ray_address needs workers.backend=ray")
+        if self.envs_per_worker < 1 or (self.backend == "ray" and self.envs_per_worker != 1):
+            raise ValueError("workers.envs_per_worker must be >= 1, and 1 with backend=ray (an actor hosts one env)")
 
     def vec_options(self) -> dict[str, Any]:
         if self.backend == "ray":
             return {"backend": "ray", "ray_address": self.ray_address, "cpus_per_env": self.cpus_per_env}
-        return {}
+        return {"envs_per_worker": self.envs_per_worker} if self.envs_per_worker > 1 else {}
 
 
 @dataclass

@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("process", "ray"), default=None,
                    help="env workers: local processes, or Ray actors (needs the `ray` extra); default: the "
                         "leaderboard's `workers: {backend: ...}`, else process")
+    p.add_argument("--envs-per-worker", type=int, default=1, metavar="K",
+                   help="process workers: K envs per worker process, one message per worker per turn (fast "
+                        "engines; a dead worker errors its K episodes). Default 1")
     p.add_argument("--ray-address", help="with --backend ray: a running cluster's head (host:port); "
                                          "default: a local cluster started for this run")
     return p
@@ -113,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
             import_ray()  # a missing extra fails here, before any model loads
         elif args.ray_address:
             raise ConfigError("--ray-address needs --backend ray")
+        if args.envs_per_worker < 1 or (backend == "ray" and args.envs_per_worker != 1):
+            raise ConfigError("--envs-per-worker must be >= 1, and 1 with --backend ray (an actor hosts one env)")
+        if args.envs_per_worker > 1:
+            vec_options["envs_per_worker"] = args.envs_per_worker
         try:
             agent_args = parse_agent_args(args.agent_args)
         except ValueError:

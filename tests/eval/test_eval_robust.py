@@ -287,6 +287,7 @@ def test_configuration_errors_are_one_line_with_exit_2(conf, tmp_path, capsys, m
         (["--agent", "expert", "--env", ENV, "--agent-args", "backend=no.such.module:Cls"], "cannot be loaded"),
         (["--agent", "expert", "--leaderboard", "typo"], "has no split 'tset'; known: train, valid, test"),
         (["--agent", "expert", "--env", ENV, "--agent-args", "temprature=0.5"], "unknown key(s) temprature"),
+        (["--agent", "expert", "--env", ENV, "--envs-per-worker", "0"], "--envs-per-worker must be >= 1"),
     ]
     if madopd_envs.spec("madopd/ALFWorld-v0").card.available:
         cases.append((["--agent", "expert", "--env", "madopd/ALFWorld-v0", "--split", "valid_seen"],

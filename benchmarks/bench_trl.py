@@ -16,10 +16,12 @@ venv's transformers/accelerate versions), so nothing of TRL is installed into ma
   and ``bf16`` are switched off (TRL's defaults are on) so both sides do the same arithmetic.
   A step is timed from ``on_step_begin`` to ``on_step_end``; tokens = completion tokens in its loss.
 
-Tokens/s = student tokens trained / step seconds, summed over the steps after the first (warm-up).
-Peak memory = the process's RSS high-water mark (``VmHWM``) minus its RSS after the imports (the mark
-is reset there), i.e. models + optimizer + the steps. madopd's env workers (JVM processes, one per
-prompt in flight) are separate processes: their summed RSS is reported beside it.
+Tokens/s = student tokens trained / step seconds, summed over the steps after the first (warm-up);
+tokens per CPU-s = the same tokens / CPU seconds of the training process (steadier on a shared
+machine; madopd's env workers' CPU is not in it). With ``--repeat`` the sides alternate and each
+side's best run counts. Peak memory = the process's RSS high-water mark (``VmHWM``) minus its RSS after the imports (the mark
+is reset there), i.e. models + optimizer + the steps. madopd's env workers (a Python process and a
+JVM per prompt in flight) are separate processes: their summed RSS is reported beside it.
 
 First-step loss: both sides' loss functions on identical tensors (the same prompts and the same
 completions, sampled once from the student), at the initial weights: madopd's trainer path
@@ -27,7 +29,11 @@ completions, sampled once from the student), at the initial weights: madopd's tr
 ``GKDTrainer.compute_loss``; they must agree within fp32 tolerance (the run fails otherwise).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_trl.py --quick
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_trl.py --batch 8 --steps 8 --max-new-tokens 64
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_trl.py --batch 8 --steps 8 --max-new-tokens 64 --repeat 2
+
+TRL's *logged* training loss differs from its ``compute_loss`` on the same tensors: transformers'
+``Trainer`` counts ``num_items_in_batch`` from the dataset's labels before ``GKDTrainer`` swaps in the
+on-policy completion (huggingface/trl issue 4719); the table shows both sides' logged step-1 loss.
 """
 
 from __future__ import annotations
@@ -387,7 +393,8 @@ def main() -> None:
         args.batch, args.steps, args.max_new_tokens, args.prompts = 4, 5, 32, 8
         args.repeat = max(args.repeat, 2)
     if args.batch > args.prompts or args.steps < 2:
-        raise SystemExit("need --batch <= --prompts and --steps >= 2 (the first step is a warm-up)")
+        print("bench_trl: need --batch <= --prompts and --steps >= 2 (the first step is a warm-up)", file=sys.stderr)
+        sys.exit(2)
     trl_py = str(ensure_trl_venv(Path(args.trl_venv)))
     with tempfile.TemporaryDirectory(prefix="bench_trl_") as tmp:
         work_path = Path(tmp) / "work.json"

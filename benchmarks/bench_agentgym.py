@@ -17,6 +17,7 @@ With N concurrent environments, slot ``i`` plays ``k`` consecutive episodes of t
   agentgym  the server (``sciworld --host 127.0.0.1``, started here) and N threads each issuing the
             requests AgentGym's ``SciworldEnvClient`` issues: POST /create, /reset {data_idx},
             /step {action} (``requests.post``, a new connection each call, as the client does), /close.
+            The threads send bare actions: the client's parsing of a model's reply is not timed.
   madopd    ``make_vec("madopd/ScienceWorld-v0", N)`` (one worker process and JVM per env) stepping
             the same actions in lockstep; envs whose episode ended are reset to their next one.
             ``lean``: ``admissible=False`` -- a step returns what AgentGym's /step returns (observation,
@@ -79,13 +80,19 @@ PER_ENV_BYTES = int(0.45 * GB)  # one JVM + its Python side: 0.25-0.31 GiB measu
 
 
 # -- the AgentGym side: install, server, clients --------------------------------------------------
+def fail(msg: str) -> None:
+    """A one-line error for bad input, exit status 2."""
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
 def ensure_venv(agentgym: Path, venv: Path) -> Path:
     """The AgentGym server's virtualenv; built (git archive + pip from PyPI) when missing."""
     sciworld = venv / "bin" / "sciworld"
     if sciworld.exists():
         return sciworld
     if not agentgym.exists():
-        sys.exit(f"error: --agentgym {agentgym} does not exist; clone https://github.com/WooooDyy/AgentGym there")
+        fail(f"--agentgym {agentgym} does not exist; clone https://github.com/WooooDyy/AgentGym there")
     tmp = Path(tempfile.mkdtemp(prefix="agentgym-"))
     try:
         archive = subprocess.run(["git", "-C", str(agentgym), "archive", "HEAD", "agentenv-sciworld"],
@@ -98,8 +105,8 @@ def ensure_venv(agentgym: Path, venv: Path) -> Path:
             shutil.copytree(agentgym / "agentenv-sciworld", tmp / "agentenv-sciworld")
             commit = "unknown (not a git repository)"
         else:
-            sys.exit(f"error: {agentgym} holds no agentenv-sciworld folder (git said: "
-                     f"{archive.stderr.decode().strip()}); give a clone of WooooDyy/AgentGym")
+            fail(f"{agentgym} holds no agentenv-sciworld folder (git said: "
+                 f"{archive.stderr.decode().strip()}); give a clone of WooooDyy/AgentGym")
         print(f"installing AgentGym's agentenv-sciworld @ {commit} into {venv} ...", file=sys.stderr, flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "-c", str(ROOT / "constraints.txt")]
@@ -401,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         args.concurrency, args.rounds, args.episodes_per_env = [1, 8], 1, 2
     variants = [v.strip() for v in args.madopd.split(",") if v.strip()]
     if not variants or any(v not in ("lean", "default") for v in variants):
-        sys.exit("error: --madopd takes lean and/or default (comma-separated)")
+        fail("--madopd takes lean and/or default (comma-separated)")
 
     sciworld = ensure_venv(args.agentgym, args.venv)
     commit_file = args.venv / "agentgym-commit.txt"

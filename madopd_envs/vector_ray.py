@@ -202,6 +202,7 @@ class RayVectorEnv(TextVectorEnv):
         self.step_timeout, self.start_timeout, self.recycle_after = step_timeout, start_timeout, recycle_after
         self.env_kwargs, self.cpus_per_env = env_kwargs, cpus_per_env
         self.closed = True  # until connected: close() has nothing to undo
+        self.per_worker, self._lost = 1, {}  # one env per actor: no sibling loses its episode
         self._workers: list[_Actor | None] = [None] * num_envs
         self._ray = import_ray()
         self._owns_cluster = False
@@ -250,6 +251,9 @@ class RayVectorEnv(TextVectorEnv):
         self._workers[i].kill()
         self._workers[i] = self._spawn()
         self._wait_ready(i, "restart")
+
+    def _restart_worker(self, w: int, cause: str, spared: Sequence[int] = ()) -> None:
+        self.restart(w)
 
     def _gather(self, indices: Sequence[int], cmd: str, args: Sequence[Any]) -> list[tuple[Any, str | None]]:
         """Send ``cmd`` to each actor, wait up to ``step_timeout``; a dead or hung actor yields (None, cause)."""

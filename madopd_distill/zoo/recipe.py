@@ -49,6 +49,11 @@ class TrainSpec:
     until_loss: float | None = None
 
     def __post_init__(self) -> None:
+        try:  # YAML 1.1 reads ``1e-3`` (no dot) as a string
+            self.lr = float(self.lr)
+            self.until_loss = None if self.until_loss is None else float(self.until_loss)
+        except (TypeError, ValueError):
+            raise RecipeError(f"train: lr and until_loss must be numbers, got {self.lr!r} and {self.until_loss!r}") from None
         if self.steps < 0 or self.batch_samples < 1 or self.lr <= 0 or self.warmup_steps < 0:
             raise RecipeError("train: steps >= 0, batch_samples >= 1, lr > 0 and warmup_steps >= 0")
         if self.until_loss is not None and self.until_loss <= 0:

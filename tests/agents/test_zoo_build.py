@@ -118,12 +118,14 @@ def test_bad_recipes_fail_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
                          (["simonsays", "teachers.0.base=/nowhere/model", "teachers.1.base=/nowhere/model",
                            "students.0.base=/nowhere/model"], "/nowhere/model"),
                          (["simonsays", "heldout_tasks.first=0"], "overlap"),
-                         (["simonsays", "teachers.0.policy.steps=-1"], "steps >= 0")]:
+                         (["simonsays", "teachers.0.policy.steps=-1"], "steps >= 0"),
+                         (["simonsays", "students.0.train.lr=fast"], "lr and until_loss must be numbers")]:
         assert build_main(args) == 2, args
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and needle in err, (args, err)
     r = zoo(["build", "simonsays", "env=madopd/NoSuchEnv-v0"], tmp_path)  # the real CLI, once
     assert r.returncode == 2 and r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
+    assert load_recipe("simonsays", ["students.0.train.lr=1e-3"]).students[0].train.lr == 0.001  # not a str
     with pytest.raises(RecipeError, match="share one tokenizer"):
         load_recipe("simonsays", ["teachers.0.base=zoo:smollm2-135m"])
 

@@ -22,31 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 
+from peak_memory import peak_bytes, reset_peak, rss_bytes  # noqa: E402 -- beside this script
+
 GIB = 1024**3
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _reset_peak() -> None:
-    """Forget the imports' transient peak: writing 5 to clear_refs resets VmHWM (Linux >= 4.0)."""
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")
-
-
-def _peak_bytes() -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def child(variant: str, b: int, t: int, v: int, beta: float, chunk: int) -> dict:
@@ -58,12 +40,12 @@ def child(variant: str, b: int, t: int, v: int, beta: float, chunk: int) -> dict
     if variant == "trl":
         from trl.experimental.gkd import GKDTrainer
     torch.manual_seed(0)
-    _reset_peak()
-    base = _rss_bytes()  # after the imports: only what the computation allocates counts
+    reset_peak()
+    base = rss_bytes()  # after the imports: only what the computation allocates counts
     student = torch.randn(b, t, v, dtype=torch.float32, requires_grad=True)
     teacher = torch.randn(b, t, v, dtype=torch.float32)
     inputs = 2 * student.numel() * student.element_size()
-    after_inputs = _rss_bytes()
+    after_inputs = rss_bytes()
     t0 = time.perf_counter()
     if variant == "chunked":
         kind = {0.0: "forward_kl", 1.0: "reverse_kl"}.get(beta, "jsd")
@@ -79,7 +61,7 @@ def child(variant: str, b: int, t: int, v: int, beta: float, chunk: int) -> dict
     t_fwd = time.perf_counter() - t0
     loss.backward()
     elapsed = time.perf_counter() - t0
-    peak = _peak_bytes()  # the high-water mark since _reset_peak (same counter as ru_maxrss)
+    peak = peak_bytes()  # the high-water mark since reset_peak (same counter as ru_maxrss)
     return {"variant": variant, "B": b, "T": t, "V": v, "beta": beta, "loss": float(loss), "fwd_s": t_fwd,
             "fwd_bwd_s": elapsed, "inputs_gb": inputs / GIB, "peak_gb": (peak - base) / GIB,
             "ratio_to_inputs": (peak - base) / inputs, "inputs_rss_gb": (after_inputs - base) / GIB}

@@ -49,29 +49,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from peak_memory import peak_bytes, reset_peak, rss_bytes  # noqa: E402 -- beside this script
+
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024**2
 LOSS_RTOL = 1e-5  # fp32: the two sides sum the same terms in other orders
-
-
-# -- memory of this process (Linux) ----------------------------------------------------------------
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _reset_peak() -> None:
-    """Forget the imports' peak: writing 5 to clear_refs resets VmHWM (Linux >= 4.0)."""
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")
-
-
-def _peak_bytes() -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 class ChildRSS:
@@ -178,8 +160,8 @@ def madopd_train(work: dict[str, Any], p: dict[str, Any]) -> dict[str, Any]:
     import madopd_envs  # noqa: F401
     from madopd_distill.trainer import StepLogger, TrainConfig, train
 
-    _reset_peak()
-    base = _rss_bytes()
+    reset_peak()
+    base = rss_bytes()
     workers = ChildRSS()
     out = Path(p["out_dir"]) / "madopd"
     cfg = TrainConfig.from_dict({
@@ -207,7 +189,7 @@ def madopd_train(work: dict[str, Any], p: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     train(cfg)
     wall = time.perf_counter() - t0
-    peak = _peak_bytes()
+    peak = peak_bytes()
     worker_peak = workers.stop()
     recs = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines() if ln.strip()]
     recs = [r for r in recs if r.get("kind") == "train"]
@@ -303,13 +285,13 @@ def trl_train(work: dict[str, Any], p: dict[str, Any]) -> dict[str, Any]:
     import transformers  # noqa: F401
     import trl.experimental.gkd  # noqa: F401
 
-    _reset_peak()
-    base = _rss_bytes()
+    reset_peak()
+    base = rss_bytes()
     t0 = time.perf_counter()
     trainer, timer, _ = _trl_trainer(work, p, steps=p["steps"], counting=True)
     trainer.train()
     wall = time.perf_counter() - t0
-    peak = _peak_bytes()
+    peak = peak_bytes()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     import trl
 

@@ -370,11 +370,12 @@ def build(recipe: Recipe, command: str = "", out_root: Path | None = None, episo
         tasks = sorted({s.task_id for s in train_states})
         chosen = set(rng.sample(tasks, min(spec_s.episodes, len(tasks))))
         model = new_model(tok, spec_s)
-        fit = train(model, tok, plain([s for s in train_states if s.task_id in chosen]), spec_s.train, spec_s.seed,
-                    f"{spec_s.name} sft")
+        kept = [s for s in train_states if s.task_id in chosen and (not spec_s.strengths or s.kind in spec_s.strengths)]
+        fit = train(model, tok, plain(kept), spec_s.train, spec_s.seed, f"{spec_s.name} sft")
         agent = HFAgent(model, tok, name=spec_s.name, batch_size=32)
         acts = [parse_action(r) for r in generate(agent, [s.context for s in held], recipe.max_new_tokens)]
-        figures[spec_s.name] = {"role": "student", "sft_episodes": len(chosen), "fit": fit,
+        figures[spec_s.name] = {"role": "student", "strengths": spec_s.strengths or "all", "sft_episodes": len(chosen),
+                                "sft_states": len(kept), "fit": fit,
                                 "heldout_plain_accuracy": subset_accuracy(acts, held, recipe)}
         if episodes:
             figures[spec_s.name]["heldout_episodes"] = episodes(agent)

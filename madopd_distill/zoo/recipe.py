@@ -94,10 +94,13 @@ class TeacherSpec:
 
 @dataclass
 class StudentSpec:
-    """A student: smaller than the teachers, same tokenizer, a short weak SFT on expert turns
-    (``base``/``keep_layers``/``size``/``overrides`` as for teachers)."""
+    """A student: smaller than the teachers, same tokenizer, a short weak SFT on expert turns of
+    ``episodes`` training episodes (``base``/``keep_layers``/``size``/``overrides`` as for teachers).
+    ``strengths``, when given, keeps only those kinds' states: a student that knows a few kinds well
+    starts below the teachers yet reads its observations, so distillation has something to move."""
 
     name: str
+    strengths: list[str] = field(default_factory=list)
     base: str = "new"
     keep_layers: int | None = None
     size: str = "S"
@@ -165,6 +168,10 @@ class Recipe:
             unknown = set(t.strengths) - set(self.kinds) - {"other"}
             if unknown or not t.strengths:
                 raise RecipeError(f"teacher {t.name}: strengths must be a non-empty subset of kinds {self.kinds} "
+                                  f"(or 'other'); unknown: {sorted(unknown)}")
+        for st in self.students:
+            if unknown := set(st.strengths) - set(self.kinds) - {"other"}:
+                raise RecipeError(f"student {st.name}: strengths must be a subset of kinds {self.kinds} "
                                   f"(or 'other'); unknown: {sorted(unknown)}")
         ranges = {"train_tasks": self.train_tasks, "calibration_tasks": self.calibration_tasks,
                   "heldout_tasks": self.heldout_tasks}

@@ -146,6 +146,8 @@ def test_bases_with_different_tokenizers_are_refused(tmp_path: Path) -> None:
 def test_recipe_checks() -> None:
     with pytest.raises(RecipeError, match="strengths"):
         load_recipe("simonsays", ["teachers.0.strengths=[kiwi]"])
+    with pytest.raises(RecipeError, match="student student: strengths"):
+        load_recipe("simonsays", ["students.0.strengths=[kiwi]"])
     with pytest.raises(RecipeError, match=">= 2 teachers"):
         Recipe.from_dict({"name": "x", "env": "madopd/TWX-Coin-v0", "kinds": ["a"], "students": [{"name": "s"}],
                           "teachers": [{"name": "t", "strengths": ["a"]}]})
@@ -168,6 +170,13 @@ def test_every_recipe_builds_at_toy_size(tmp_path: Path, monkeypatch: pytest.Mon
         index = build(load_recipe(name, toy), episodes_eval=False)
         assert set(index["models"]) == {t.name for t in load_recipe(name).teachers} | {s.name for s in load_recipe(name).students}
         assert all((tmp_path / "zoo" / name / m / "card.json").is_file() for m in index["models"])
+        recipe = load_recipe(name, toy)
+        for spec in recipe.students:  # a student with strengths learns only those kinds' states
+            states = collect_states(recipe, recipe.train_tasks, seed=recipe.seed)
+            wanted = [s for s in states if not spec.strengths or s.kind in spec.strengths]
+            assert 0 < index["models"][spec.name]["sft_states"] <= len(wanted)
+            if spec.strengths:
+                assert len(wanted) < len(states) and index["models"][spec.name]["strengths"] == spec.strengths
 
 
 def test_calibration_by_kind_and_verb() -> None:

@@ -55,12 +55,12 @@ test-slow: sandbox-deps $(STAMP)
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
 eval: sandbox-deps $(STAMP)
-	$(PY) -m madopd_envs.eval --agent expert --agent random --agent smollm2-135m --leaderboard default --output runs/eval-default --resume
+	$(PY) -m madopd_envs.eval --agent expert --agent random --agent smollm2-135m --leaderboard default --output runs/eval-default --resume --rerun-changed
 	@# what distillation produced: each zoo's teachers and students, and its students distilled by OPD and MAD-OPD
 	for z in simonsays peckingorder; do \
 	  $(PY) -m madopd_envs.eval --agent expert --agent random --agent $$z/teacher_a --agent $$z/teacher_b \
 	    --agent $$z/student --agent $$z/student_opd --agent $$z/student_mad_opd \
-	    --leaderboard zoo_$$z --output runs/eval-zoo_$$z --resume || exit $$?; \
+	    --leaderboard zoo_$$z --output runs/eval-zoo_$$z --resume --rerun-changed || exit $$?; \
 	done
 
 bench: $(STAMP)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -287,6 +288,33 @@ def how_to_provide(name: str) -> str:
         f"  3. serve the model elsewhere (vLLM, `python -m madopd_agents.serve`) and use the OpenAI-compatible\n"
         f"     backend: --agent-args backend=openai,base_url=http://HOST:PORT/v1"
     )
+
+
+def weights_fingerprint(name_or_path: str) -> str | None:
+    """A short hash of a model's config and weights, or ``None`` when they are not on this machine
+    (a served model): results recorded under an agent's name are only reused for the same weights.
+
+    Files up to 64 MiB are hashed whole; bigger ones by size and three 4 MiB samples (training
+    changes every tensor, and a 4B checkpoint is hashed in well under a second)."""
+    try:
+        path = resolve_model(name_or_path)
+    except ModelUnavailableError:
+        return None
+    h = hashlib.sha256()
+    chunk = 4 << 20
+    files = sorted(p for p in path.iterdir() if p.is_file() and (p.name == "config.json" or p.suffix in
+                                                                 (".safetensors", ".bin", ".pt", ".gguf")))
+    for f in files:
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}\n".encode())
+        with f.open("rb") as fh:
+            if size <= 16 * chunk:
+                h.update(fh.read())
+                continue
+            for offset in (0, size // 2, size - chunk):
+                fh.seek(offset)
+                h.update(fh.read(chunk))
+    return h.hexdigest()[:16]
 
 
 def resolve_model(name_or_path: str) -> Path:

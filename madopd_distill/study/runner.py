@@ -341,16 +341,22 @@ def write_eval_configs(cfg: StudyConfig, eval_ids: list[str], agents: list[EvalA
     return root
 
 
-def eval_done(cfg: StudyConfig, name: str) -> bool:
-    s = read_json(Path(cfg.output_dir) / name / "summary.json")
-    return bool(s) and s.get("finished_episodes") == s.get("planned_episodes")
+def eval_done(cfg: StudyConfig, agent: EvalAgent) -> bool:
+    """The agent's held-out eval is complete *and* was played by the weights it has now (a rebuilt zoo
+    or a cell trained again is evaluated again: ``--rerun-changed`` replaces the stale episodes)."""
+    from madopd_agents.zoo import weights_fingerprint
+
+    folder = Path(cfg.output_dir) / agent.name
+    s, run = read_json(folder / "summary.json"), read_json(folder / "run.json")
+    return (bool(s) and s.get("finished_episodes") == s.get("planned_episodes")
+            and (run or {}).get("agent_weights") == weights_fingerprint(agent.model))
 
 
 def evaluate_all(cfg: StudyConfig, eval_ids: list[str], agents: list[EvalAgent], jobs: int,
                  log: Callable[[str], None]) -> dict[str, str]:
     """Evaluate every agent not yet evaluated; returns errors by agent name."""
     conf = write_eval_configs(cfg, eval_ids, agents)
-    todo = [a for a in agents if not eval_done(cfg, a.name)]
+    todo = [a for a in agents if not eval_done(cfg, a)]
     if not todo:
         return {}
     out = Path(cfg.output_dir)
@@ -361,12 +367,12 @@ def evaluate_all(cfg: StudyConfig, eval_ids: list[str], agents: list[EvalAgent],
     job_list = []
     for k, group in enumerate(groups):
         cmd = [sys.executable, "-m", "madopd_envs.eval", *[x for a in group for x in ("--agent", a.name)],
-               "--leaderboard", board_name(cfg), "--num-envs", str(cfg.eval.num_envs), "--resume", "--no-progress",
-               "--output", str(out / group[0].name if len(group) == 1 else out)]
+               "--leaderboard", board_name(cfg), "--num-envs", str(cfg.eval.num_envs), "--resume", "--rerun-changed",
+               "--no-progress", "--output", str(out / group[0].name if len(group) == 1 else out)]
 
         def on_exit(rc: int, wall: float, group: list[EvalAgent] = group) -> None:
             for a in group:
-                if not eval_done(cfg, a.name):
+                if not eval_done(cfg, a):
                     errors[a.name] = last_error(Path(cfg.work_dir) / "eval" / f"eval-{group[0].name}.log") \
                         if rc else "eval incomplete"
                     log(f"eval of {a.name} FAILED: {errors[a.name]}")

@@ -4,9 +4,9 @@
     python -m madopd_envs.eval --agent smollm2-135m --agent random --leaderboard default --output runs/d --resume
 
 With several ``--agent``s each writes to ``OUTPUT/<agent>/``. Exit codes: 0 done; 2 bad arguments,
-configuration or output (missing weights, unknown env/agent/split, missing data, a different run or other
-data in OUTPUT, an output that cannot be written: read-only, full, a file), checked before any model
-loads where possible and always said in one line; 3 done, but some episodes errored (a dead or hung
+configuration or output (missing weights, unknown env/agent/split, missing data, a different run, other
+data or other weights in OUTPUT (``--rerun-changed`` plays such an agent again), an output that cannot be
+written: read-only, full, a file), checked before any model loads where possible and always said in one line; 3 done, but some episodes errored (a dead or hung
 worker, an agent that raised, answered garbage or timed out: see ``errors`` in summary.json; rerun with
 ``--resume --retry-errored``); 130 interrupted (the finished episodes are on disk; rerun with ``--resume``).
 """
@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in OUTPUT, skipping finished episodes")
     p.add_argument("--retry-errored", action="store_true",
                    help="with --resume (implied): play the run's errored episodes again")
+    p.add_argument("--rerun-changed", action="store_true",
+                   help="with --resume (implied): an agent whose weights changed since its run is played again")
     p.add_argument("--step-timeout", type=float, default=120.0, help="seconds before a step counts as hung")
     p.add_argument("--agent-timeout", type=float, default=1800.0,
                    help="seconds one batched agent.act may take before its episodes count as errored (0: no limit)")
@@ -139,8 +141,10 @@ def main(argv: list[str] | None = None) -> int:
 
             profile = Profile() if args.profile else None
             summary = evaluate(agent_name=name, agent_args=agent_args, entries=entries, output=output,
-                               leaderboard=board, num_envs=args.num_envs, resume=args.resume or args.retry_errored,
-                               retry_errored=args.retry_errored, progress=not args.no_progress,
+                               leaderboard=board, num_envs=args.num_envs,
+                               resume=args.resume or args.retry_errored or args.rerun_changed,
+                               retry_errored=args.retry_errored, rerun_changed=args.rerun_changed,
+                               progress=not args.no_progress,
                                step_timeout=args.step_timeout, agent_timeout=args.agent_timeout or None,
                                command=command, log=lambda m: print(m, file=sys.stderr), vec_options=vec_options,
                                profile=profile)

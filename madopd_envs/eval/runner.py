@@ -470,17 +470,19 @@ def _source_change(before: list[dict[str, Any]], now: list[dict[str, Any]], reco
 def evaluate(*, agent_name: str, agent_args: dict[str, Any], entries: list[Entry], output: Path,
              leaderboard: str | None = None, num_envs: int = 4, resume: bool = False, progress: bool = True,
              step_timeout: float = 120.0, agent_timeout: float | None = None, retry_errored: bool = False,
-             command: str = "", log: Callable[[str], None] = print,
+             command: str = "", log: Callable[[str], None] = print, rerun_changed: bool = False,
              vec_options: dict[str, Any] | None = None, profile: Any = None) -> dict[str, Any]:
     """Run (or resume) an eval into ``output``; returns the summary written to ``output/summary.json``.
 
     Everything checkable without the model is checked first (card, backend and its arguments, output
     folder, plan, resume compatibility), then the agent is built, so missing weights fail before any
-    env starts. ``retry_errored`` (with ``resume``) plays the errored episodes of the run again.
+    env starts. ``retry_errored`` (with ``resume``) plays the errored episodes of the run again;
+    ``rerun_changed`` (with ``resume``) starts the run over when the agent's weights changed since.
     """
     import json
 
     from madopd_agents.registry import build_agent, get_card  # the lazy edge from env layer to agents
+    from madopd_agents.zoo import weights_fingerprint
 
     from madopd_envs.eval.results import summarize, write_json
 
@@ -495,7 +497,9 @@ def evaluate(*, agent_name: str, agent_args: dict[str, Any], entries: list[Entry
     output = Path(output)
     check_output(output)
     store = EpisodeStore(output / "episodes.jsonl")
-    run_info = {"agent": card.name, "agent_card": card.source, "agent_args": agent_args, "leaderboard": leaderboard,
+    # The weights' hash: a model retrained or rebuilt under the same name never inherits the old records.
+    run_info = {"agent": card.name, "agent_card": card.source, "agent_args": agent_args,
+                "agent_weights": weights_fingerprint(card.model) if card.model else None, "leaderboard": leaderboard,
                 "entries": [{**e.__dict__, "seeds": list(e.seeds), "env_kwargs": dict(e.env_kwargs),
                              "task_ids": None if e.task_ids is None else list(e.task_ids)} for e in entries]}
     run_path = output / "run.json"
@@ -509,7 +513,16 @@ def evaluate(*, agent_name: str, agent_args: dict[str, Any], entries: list[Entry
         except ValueError as e:
             raise ResumeError(f"{run_path} is not readable JSON ({e}); choose another --output") from None
         mismatch = [k for k in run_info if before.get(k) != run_info[k]]
-        if mismatch:
+        if mismatch == ["agent_weights"] and rerun_changed:
+            log(f"note: the weights behind {card.name} changed since the run in {output}; playing it again")
+            for stale in (store.path, output / "summary.json"):
+                stale.unlink(missing_ok=True)
+            before = {}
+        elif mismatch == ["agent_weights"]:
+            raise ResumeError(f"{output} holds episodes of {card.name} played by other weights than {card.model} "
+                              f"has now (or by a version that did not record them); delete that folder or "
+                              f"choose another --output")
+        elif mismatch:
             raise ResumeError(f"{output} holds a run with different {', '.join(mismatch)}; --resume continues the "
                               f"same run only (see {run_path}); choose another --output")
 

@@ -170,6 +170,22 @@ def test_study_kill_resume_and_a_crashing_cell(tmp_path: Path, models: dict[str,
     with pytest.raises(runner.StudyError, match="no final model"):
         runner.publish(scfg, [c for c in build_cells(scfg) if c.id == "broken-s0"], study, tmp_path / "zoo")
 
+    # a model that changed under its name (a cell trained again, a rebuilt zoo) is evaluated again
+    import shutil
+
+    from madopd_agents.zoo import weights_fingerprint
+
+    final = runner.final_model(scfg, next(c for c in build_cells(scfg) if c.id == "opd-s0"))
+    agent = runner.EvalAgent("opd-s0", str(final), "cell")
+    assert runner.eval_done(scfg, agent)
+    shutil.copy(Path(models["teacher"]) / "model.safetensors", final / "model.safetensors")
+    assert not runner.eval_done(scfg, agent)
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 1 and "evaluating 1 models" in res.stderr, res.stderr[-3000:]
+    assert runner.eval_done(scfg, agent)
+    assert json.loads((out / "opd-s0" / "run.json").read_text())["agent_weights"] == weights_fingerprint(str(final))
+    assert len((out / "opd-s0" / "episodes.jsonl").read_text().splitlines()) == 2
+
     # the leaderboard report shows the study
     rep = subprocess.run([sys.executable, "-m", "madopd_envs.eval.report", "--store", str(out.parent)], cwd=REPO,
                          env=env, capture_output=True, text=True, timeout=300)

@@ -347,6 +347,40 @@ def test_resume_refuses_a_different_data_source(tmp_path, capsys, monkeypatch):
     assert main(cmd + ["--resume"]) == 0  # the same data again: resumes (nothing left to play)
 
 
+@needs_twx
+def test_resume_refuses_other_weights_under_the_same_name_and_rerun_changed_replays(conf, tmp_path, capsys):
+    import shutil
+
+    from madopd_agents.zoo import tiny_model_dir, weights_fingerprint
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir("S", seed=0), model)
+    (conf / "agent" / "w.yaml").write_text(json.dumps({"backend": "hf", "model": str(model),
+                                                        "sampling": {"max_new_tokens": 4}}))
+    out = tmp_path / "o"
+    cmd = ["--agent", "w", "--env", ENV, "--episodes", "2", "--max-steps", "1", "--num-envs", "1",
+           "--output", str(out), "--no-progress"]
+    assert main(cmd) == 0
+    first = weights_fingerprint(str(model))
+    assert json.loads((out / "run.json").read_text())["agent_weights"] == first and first
+    assert main(cmd + ["--resume"]) == 0  # the same weights: resumes (nothing left to play)
+    records = (out / "episodes.jsonl").read_text()
+
+    shutil.copy(tiny_model_dir("S", seed=1) / "model.safetensors", model / "model.safetensors")  # retrained
+    assert weights_fingerprint(str(model)) != first
+    capsys.readouterr()
+    assert main(cmd + ["--resume"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "other weights" in line and str(out) in line
+    assert (out / "episodes.jsonl").read_text() == records  # nothing appended, nothing lost
+
+    assert main(cmd + ["--rerun-changed"]) == 0
+    assert "playing it again" in capsys.readouterr().err
+    assert json.loads((out / "run.json").read_text())["agent_weights"] == weights_fingerprint(str(model))
+    assert len(_lines(out / "episodes.jsonl")) == 2
+    assert json.loads((out / "summary.json").read_text())["finished_episodes"] == 2
+
+
 # -- 7. gymnasium.make after a plain import -------------------------------------------------------
 def test_gymnasium_make_works_after_a_plain_import():
     code = ("import gymnasium, madopd_envs\n"

@@ -154,9 +154,11 @@ class StudyConfig:
         teachers: ``[{name, path, backend}]``; all share the student's tokenizer (checked).
         ref_teacher: the teacher of the common quality metric ``ref/kl_token``/``ref/kl_traj``
             (default: the first).
-        build_seeds: ``None``, or a template naming a model per seed, e.g. ``"{name}@seed{n}"``:
-            seed ``n``'s cells start from ``student`` and use ``teachers`` formatted with it, so
-            the variance of the builds is part of the measured variance.
+        build_seeds: ``None``; a template naming a model per seed, e.g. ``"{name}@seed{n}"``: seed
+            ``n``'s cells start from ``student`` and use ``teachers`` formatted with it; or a list of
+            zoo recipes, one per seed (``[peckingorder, peckingorder_seed1, ...]``): the i-th seed's
+            cells use that build's models in place of ``zoo:<recipe>/...``. Either way the variance of
+            the builds is part of the measured variance.
         seeds: the seeds of every method (>= 3 for a real study).
         budget: see :class:`Budget`.
         base: what every cell inherits: ``method`` (divergence, beta, reduction, sample_mode ...),
@@ -185,7 +187,7 @@ class StudyConfig:
     train: TaskSet = field(default_factory=TaskSet)
     eval: EvalSet = field(default_factory=EvalSet)
     ref_teacher: str | None = None
-    build_seeds: str | None = None
+    build_seeds: str | list[str] | None = None
     budget: Budget = field(default_factory=Budget)
     base: dict[str, Any] = field(default_factory=dict)
     claims: list[Claim] = field(default_factory=list)
@@ -216,6 +218,8 @@ class StudyConfig:
         if missing:
             raise StudyError(f"the study config needs {', '.join(missing)}")
         cfg = _build(cls, d, "study")
+        if isinstance(cfg.build_seeds, list) and len(cfg.build_seeds) != len(cfg.seeds):
+            raise StudyError(f"build_seeds: one zoo build per seed ({len(cfg.seeds)}), got {cfg.build_seeds}")
         cfg.output_dir = cfg.output_dir or f"leaderboards/results/study-{cfg.name}"
         cfg.work_dir = cfg.work_dir or f"runs/study-{cfg.name}"
         return cfg
@@ -257,6 +261,9 @@ class Cell:
 def model_for_seed(cfg: StudyConfig, ref: str, seed: int) -> str:
     """A model reference for seed ``seed``: ``{build_seed}`` filled, or ``build_seeds`` applied."""
     ref = ref.replace("{build_seed}", str(seed))
+    if isinstance(cfg.build_seeds, list):
+        _recipe, sep, model = ref.removeprefix("zoo:").partition("/")
+        return f"zoo:{cfg.build_seeds[cfg.seeds.index(seed)]}/{model}" if ref.startswith("zoo:") and sep else ref
     return cfg.build_seeds.format(name=ref, n=seed) if cfg.build_seeds else ref
 
 

@@ -23,7 +23,8 @@ from madopd_distill.study.config import Cell, StudyConfig
 from madopd_distill.study.runner import EvalAgent, cell_dir, read_json
 
 STATS_METHOD = ("95% intervals: hierarchical bootstrap (4000 draws) resampling seeds, then held-out tasks within each "
-                "seed; differences to `opd` are paired (same seed draws, same tasks). Significance (*): the "
+                "seed; differences to the initial student and to `opd` are paired (same seed draws, same tasks; "
+                "the Δ columns use the study's claim metric). Significance (*): the "
                 "interval of the difference excludes 0. KL columns: mean of the last 10% of training steps, "
                 "bootstrap over seeds.")
 CURVE_KEYS = {"success": ("eval_success_rate", "held-out success (in-training eval)"),
@@ -129,12 +130,29 @@ def analyse(cfg: StudyConfig, cells: list[Cell], agents: list[EvalAgent], status
             continue
         for metric in ("success", "score"):
             row[metric] = hierarchical_bootstrap(m[metric]).as_dict()
-        if "opd" in mats and "success" in mats["opd"] and row["role"] == "method" and row["method"] != "opd":
-            d = _paired(mats[row["method"]], mats["opd"], "success")
+        if row["role"] != "method":
+            continue
+        # Did the method move the student at all, and did it beat OPD (on the claims' metric)?
+        metric = cfg.claim_metric if cfg.claim_metric in ("success", "score") else "success"
+        init = next((mats[r["method"]] for r in rows if r["role"] == "initial" and r["method"] in mats), None)
+        bases = {"diff_vs_initial": _each_seed(init, m)}
+        if row["method"] != "opd":
+            bases["diff_vs_opd"] = mats.get("opd")
+        for key, base in bases.items():
+            d = _paired(m, base, metric) if base else None
             if d is not None:
-                row["diff_success_vs_opd"] = {**d.as_dict(), "significant": d.significant}
+                row[key] = {**d.as_dict(), "significant": d.significant, "metric": metric}
     claims = [_claim(c, mats) for c in cfg.claims]
     return {"rows": rows, "claims": claims, "logs": logs, "mats": mats}
+
+
+def _each_seed(init: dict[str, Any] | None, m: dict[str, Any]) -> dict[str, Any] | None:
+    """The initial student's outcomes for each of ``m``'s seeds (one initial student serves every seed
+    unless ``build_seeds`` built one per seed)."""
+    if not init or len(init["seeds"]) != 1:
+        return init
+    return {"seeds": list(m["seeds"]), **{k: np.repeat(init[k], len(m["seeds"]), axis=0)
+                                           for k in ("success", "score")}}
 
 
 def _paired(a: dict[str, Any], b: dict[str, Any], metric: str) -> Interval | None:
@@ -259,15 +277,16 @@ def _num(x: Any, fmt: str = "{:.0f}") -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    head = ["method", "cells", "success [95% CI]", "score [95% CI]", "Δ success vs opd [95% CI]",
+def table(rows: list[dict[str, Any]], metric: str = "success") -> str:
+    head = ["method", "cells", "success [95% CI]", "score [95% CI]", f"Δ {metric} vs initial [95% CI]",
+            f"Δ {metric} vs opd [95% CI]",
             "ref KL/token [95% CI]", "ref KL/traj [95% CI]", "teacher tok scored/step", "teacher tok gen/step",
             "s/step"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lines.append("| " + " | ".join([
             f"`{r['method']}`" + ("" if r["role"] == "method" else f" ({r['role']})"), r["cells"],
-            _ci(r.get("success")), _ci(r.get("score")), _ci(r.get("diff_success_vs_opd")),
+            _ci(r.get("success")), _ci(r.get("score")), _ci(r.get("diff_vs_initial")), _ci(r.get("diff_vs_opd")),
             _ci(r.get("kl_token"), 3), _ci(r.get("kl_traj"), 2), _num(r.get("teacher_tokens_scored")),
             _num(r.get("teacher_tokens_generated")), _num(r.get("s_per_step"), "{:.2f}")]) + " |")
     return "\n".join(lines)
@@ -334,7 +353,7 @@ def write_results(cfg: StudyConfig, cells: list[Cell], agents: list[EvalAgent], 
           f"{cfg.budget.max_env_steps} env steps per episode; seeds {list(cfg.seeds)}"
           + (f"; builds per seed: `{cfg.build_seeds}`" if cfg.build_seeds else "") + ".", "",
           f"Shared base: `{json.dumps(cfg.base, sort_keys=True)}`", "",
-          "## Results", "", table(a["rows"]), "", STATS_METHOD, ""]
+          "## Results", "", table(a["rows"], cfg.claim_metric), "", STATS_METHOD, ""]
     failed = [(c.id, statuses[c.id].get("error")) for c in cells if statuses.get(c.id, {}).get("state") == "failed"]
     if failed:
         md += ["Failed cells (left out of the statistics):", ""] + [f"- `{i}`: {e}" for i, e in failed] + [""]

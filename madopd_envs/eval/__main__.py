@@ -6,9 +6,10 @@
 With several ``--agent``s each writes to ``OUTPUT/<agent>/``. Exit codes: 0 done; 2 bad arguments,
 configuration or output (missing weights, unknown env/agent/split, missing data, a different run, other
 data or other weights in OUTPUT (``--rerun-changed`` plays such an agent again), an output that cannot be
-written: read-only, full, a file), checked before any model loads where possible and always said in one line; 3 done, but some episodes errored (a dead or hung
-worker, an agent that raised, answered garbage or timed out: see ``errors`` in summary.json; rerun with
-``--resume --retry-errored``); 130 interrupted (the finished episodes are on disk; rerun with ``--resume``).
+written: read-only, full, a file), checked before any model loads where possible and always said in one
+line; 3 done, but some episodes errored (a dead or hung worker, an agent that raised, answered garbage or
+timed out: see ``errors`` in summary.json; rerun with ``--resume --retry-errored``); 130 interrupted (the
+finished episodes are on disk; rerun with ``--resume``).
 """
 
 from __future__ import annotations

@@ -146,7 +146,8 @@ def test_study_kill_resume_and_a_crashing_cell(tmp_path: Path, models: dict[str,
     for m in ("opd", "opd@jsd0.5"):
         assert {"mean", "lo", "hi"} <= set(rows[m]["success"]) and rows[m]["success"]["lo"] <= rows[m]["success"]["hi"]
         assert rows[m]["kl_token"]["mean"] > 0 and rows[m]["teacher_tokens_scored"] > 0
-    assert "lo" in rows["opd@jsd0.5"]["diff_success_vs_opd"]
+    assert "lo" in rows["opd@jsd0.5"]["diff_vs_opd"] and "diff_vs_opd" not in rows["opd"]
+    assert rows["opd"]["diff_vs_initial"]["metric"] == "success" and "lo" in rows["opd@jsd0.5"]["diff_vs_initial"]
     assert study["claims"][0]["verdict"] in ("replicated", "not replicated", "inconclusive")
     md = (out / "results.md").read_text()
     assert "success [95% CI]" in md and "| `opd` | 2/2 |" in md and "hierarchical bootstrap" in md
@@ -259,13 +260,21 @@ def test_cells_selection_and_unknown_cells(tmp_path: Path, models: dict[str, str
 
 
 def test_build_seeds_template(tmp_path: Path, models: dict[str, str]) -> None:
-    from madopd_distill.study.config import build_cells, load_study
+    from madopd_distill.study.config import StudyError, build_cells, load_study
 
     cfg = load_study(str(study_yaml(tmp_path, models)), ["++build_seeds='{name}@seed{n}'", "student=zoo:stu",
                                                          "teachers=[{name:t,path:'zoo:tea'}]"], Path("."))
     c = [c for c in build_cells(cfg) if c.label == "opd"]
     assert [(x.student, x.teachers[0]["path"]) for x in c] == [("zoo:stu@seed0", "zoo:tea@seed0"),
                                                               ("zoo:stu@seed1", "zoo:tea@seed1")]
+    # a list names one zoo build per seed
+    cfg = load_study(str(study_yaml(tmp_path, models)), ["++build_seeds=[r,r_b1]", "student=zoo:r/stu",
+                                                         "teachers=[{name:t,path:'zoo:r/tea'}]"], Path("."))
+    c = [c for c in build_cells(cfg) if c.label == "opd"]
+    assert [(x.student, x.teachers[0]["path"]) for x in c] == [("zoo:r/stu", "zoo:r/tea"),
+                                                              ("zoo:r_b1/stu", "zoo:r_b1/tea")]
+    with pytest.raises(StudyError, match="one zoo build per seed"):
+        load_study(str(study_yaml(tmp_path, models)), ["++build_seeds=[r]"], Path("."))
 
 
 def test_hierarchical_bootstrap_and_verdicts() -> None:

@@ -214,6 +214,13 @@ def count_steps(path: Path) -> int:
 
 
 # -- training phase -------------------------------------------------------------------------------
+def starting_weights(cell: Cell) -> list[str | None]:
+    """The hashes of the models a cell starts from: a rebuilt zoo under the same names is another cell."""
+    from madopd_agents.zoo import weights_fingerprint
+
+    return [weights_fingerprint(cell.student), *(weights_fingerprint(str(t["path"])) for t in cell.teachers)]
+
+
 def train_cells(cfg: StudyConfig, cells: list[Cell], n_train: int, jobs: int, progress: bool,
                 log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
     """Train every cell not done yet; returns each cell's status (``done`` / ``failed`` + error)."""
@@ -224,11 +231,11 @@ def train_cells(cfg: StudyConfig, cells: list[Cell], n_train: int, jobs: int, pr
     for c in cells:
         d = cell_dir(cfg, c)
         cmd = train_command(cfg, c, n_train)
-        h = config_hash(cmd[1:])
+        h = config_hash([cmd[1:], starting_weights(c)])
         meta = read_json(d / "cell.json")
         if meta and meta.get("hash") != h:
-            raise StudyError(f"cell {c.id} in {d} was run with another config (hash {meta.get('hash')} != {h}); "
-                             f"choose another work_dir= or delete that folder")
+            raise StudyError(f"cell {c.id} in {d} was run with another config or from other weights (hash "
+                             f"{meta.get('hash')} != {h}); choose another work_dir= or delete that folder")
         d.mkdir(parents=True, exist_ok=True)
         write_atomic(d / "cell.json", json.dumps({"id": c.id, "label": c.label, "method": c.method, "seed": c.seed,
                                                   "hash": h, "command": shlex.join(cmd[1:])}, indent=2))

@@ -314,3 +314,23 @@ def test_cells_can_run_under_the_fsdp_and_zero3_configs(tmp_path: Path, models: 
         cfg = load_study(str(study_yaml(tmp_path, models)), [override], Path("."))
         with pytest.raises(StudyError, match=needle):
             validate(cfg, build_cells(cfg))
+
+
+def test_a_cell_started_from_rebuilt_weights_is_another_cell(tmp_path: Path, models: dict[str, str]) -> None:
+    """A zoo rebuilt under the same names must not let old cells pass for new ones."""
+    import shutil
+
+    from madopd_distill.study import runner
+    from madopd_distill.study.config import StudyError, build_cells, config_hash, load_study
+
+    student = tmp_path / "student"
+    shutil.copytree(models["student"], student)
+    cfg = load_study(str(study_yaml(tmp_path, {**models, "student": str(student)})), [], Path("."))
+    cells = [c for c in build_cells(cfg) if c.id == "opd-s0"]
+    folder = runner.cell_dir(cfg, cells[0])
+    folder.mkdir(parents=True)
+    h = config_hash([runner.train_command(cfg, cells[0], 20)[1:], runner.starting_weights(cells[0])])
+    (folder / "cell.json").write_text(json.dumps({"hash": h}))
+    shutil.copy(Path(models["teacher"]) / "model.safetensors", student / "model.safetensors")  # rebuilt
+    with pytest.raises(StudyError, match="other weights"):
+        runner.train_cells(cfg, cells, 20, 1, False, print)

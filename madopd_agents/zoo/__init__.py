@@ -294,8 +294,8 @@ def weights_fingerprint(name_or_path: str) -> str | None:
     """A short hash of a model's config and weights, or ``None`` when they are not on this machine
     (a served model): results recorded under an agent's name are only reused for the same weights.
 
-    Files up to 64 MiB are hashed whole; bigger ones by size and three 4 MiB samples (training
-    changes every tensor, and a 4B checkpoint is hashed in well under a second)."""
+    Files up to 64 MiB are hashed whole; bigger ones by size and three 4 MiB samples, so a large
+    checkpoint costs 12 MiB of reading per file (training changes every tensor, so samples suffice)."""
     try:
         path = resolve_model(name_or_path)
     except ModelUnavailableError:

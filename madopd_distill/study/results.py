@@ -124,17 +124,17 @@ def analyse(cfg: StudyConfig, cells: list[Cell], agents: list[EvalAgent], status
             row[col] = float(np.mean(vals)) if vals else None
         row["wall_s"] = sum(statuses.get(c.id, {}).get("wall_s", 0) or 0 for c in lc)
         rows.append(row)
+    # Did each method move the student at all, and did it beat OPD (on the claims' held-out metric)?
+    metric = diff_metric(cfg)
+    init = next((mats[r["method"]] for r in rows if r["role"] == "initial" and r["method"] in mats), None)
     for row in rows:
         m = mats.get(row["method"])
         if m is None or "success" not in m:
             continue
-        for metric in ("success", "score"):
-            row[metric] = hierarchical_bootstrap(m[metric]).as_dict()
+        for outcome in ("success", "score"):
+            row[outcome] = hierarchical_bootstrap(m[outcome]).as_dict()
         if row["role"] != "method":
             continue
-        # Did the method move the student at all, and did it beat OPD (on the claims' metric)?
-        metric = cfg.claim_metric if cfg.claim_metric in ("success", "score") else "success"
-        init = next((mats[r["method"]] for r in rows if r["role"] == "initial" and r["method"] in mats), None)
         bases = {"diff_vs_initial": _each_seed(init, m)}
         if row["method"] != "opd":
             bases["diff_vs_opd"] = mats.get("opd")
@@ -144,6 +144,11 @@ def analyse(cfg: StudyConfig, cells: list[Cell], agents: list[EvalAgent], status
                 row[key] = {**d.as_dict(), "significant": d.significant, "metric": metric}
     claims = [_claim(c, mats) for c in cfg.claims]
     return {"rows": rows, "claims": claims, "logs": logs, "mats": mats}
+
+
+def diff_metric(cfg: StudyConfig) -> str:
+    """The held-out metric of the Δ columns: the claims' metric, unless that is a KL."""
+    return cfg.claim_metric if cfg.claim_metric in ("success", "score") else "success"
 
 
 def _each_seed(init: dict[str, Any] | None, m: dict[str, Any]) -> dict[str, Any] | None:
@@ -353,7 +358,7 @@ def write_results(cfg: StudyConfig, cells: list[Cell], agents: list[EvalAgent], 
           f"{cfg.budget.max_env_steps} env steps per episode; seeds {list(cfg.seeds)}"
           + (f"; builds per seed: `{cfg.build_seeds}`" if cfg.build_seeds else "") + ".", "",
           f"Shared base: `{json.dumps(cfg.base, sort_keys=True)}`", "",
-          "## Results", "", table(a["rows"], cfg.claim_metric), "", STATS_METHOD, ""]
+          "## Results", "", table(a["rows"], diff_metric(cfg)), "", STATS_METHOD, ""]
     failed = [(c.id, statuses[c.id].get("error")) for c in cells if statuses.get(c.id, {}).get("state") == "failed"]
     if failed:
         md += ["Failed cells (left out of the statistics):", ""] + [f"- `{i}`: {e}" for i, e in failed] + [""]

@@ -11,6 +11,7 @@ is duplicated); a cut SFT cell reruns (it has no checkpoints; it is short). Chil
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -214,11 +215,12 @@ def count_steps(path: Path) -> int:
 
 
 # -- training phase -------------------------------------------------------------------------------
-def starting_weights(cell: Cell) -> list[str | None]:
-    """The hashes of the models a cell starts from: a rebuilt zoo under the same names is another cell."""
-    from madopd_agents.zoo import weights_fingerprint
-
-    return [weights_fingerprint(cell.student), *(weights_fingerprint(str(t["path"])) for t in cell.teachers)]
+def starting_weights(cell: Cell, fingerprint: Callable[[str], str | None] | None = None) -> list[str | None]:
+    """The hashes of the models a cell starts from: a rebuilt zoo under the same names is another cell.
+    ``fingerprint``: a memoised ``weights_fingerprint``, so that cells sharing models read them once."""
+    if fingerprint is None:
+        from madopd_agents.zoo import weights_fingerprint as fingerprint
+    return [fingerprint(cell.student), *(fingerprint(str(t["path"])) for t in cell.teachers)]
 
 
 def train_cells(cfg: StudyConfig, cells: list[Cell], n_train: int, jobs: int, progress: bool,
@@ -226,12 +228,15 @@ def train_cells(cfg: StudyConfig, cells: list[Cell], n_train: int, jobs: int, pr
     """Train every cell not done yet; returns each cell's status (``done`` / ``failed`` + error)."""
     from tqdm import tqdm
 
+    from madopd_agents.zoo import weights_fingerprint
+
     todo: list[Job] = []
     states = {c.id: cell_state(cfg, c) for c in cells}
+    fingerprint = functools.cache(weights_fingerprint)  # this run's starting models do not change under it
     for c in cells:
         d = cell_dir(cfg, c)
         cmd = train_command(cfg, c, n_train)
-        h = config_hash([cmd[1:], starting_weights(c)])
+        h = config_hash([cmd[1:], starting_weights(c, fingerprint)])
         meta = read_json(d / "cell.json")
         if meta and meta.get("hash") != h:
             raise StudyError(f"cell {c.id} in {d} was run with another config or from other weights (hash "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import threading
 import time
 import uuid
@@ -184,6 +185,22 @@ class ChatServer:
         self.stop()
 
 
+def _unusable_address(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be served (port out of range, taken, not allowed), or ``None``."""
+    import socket
+
+    if not 0 <= port <= 65535:
+        return f"--port must be in 0..65535, got {port}"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as ThreadingHTTPServer binds
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            return f"cannot serve on {host}:{port}: {e.strerror or e}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m madopd_agents.serve", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="HF repo id in the local cache, a folder, or zoo:<name>")
@@ -192,13 +209,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--served-name", help="the model name clients send (default: --model)")
     p.add_argument("--batch-size", type=int, default=8)
     args = p.parse_args(argv)
+    if problem := _unusable_address(args.host, args.port) or (args.batch_size < 1 and "--batch-size must be >= 1"):
+        print(f"error: {problem}", file=sys.stderr)  # before the model loads, which can take minutes
+        return 2
     from madopd_agents.hf import HFAgent
     from madopd_agents.zoo import ModelUnavailableError
 
     try:
         agent = HFAgent.from_pretrained(args.model, batch_size=args.batch_size)
     except ModelUnavailableError as e:
-        print(f"error: {e}")
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
     server = ChatServer(agent, host=args.host, port=args.port, model_name=args.served_name or args.model)
     print(f"serving {server.service.model_name} at {server.base_url}", flush=True)

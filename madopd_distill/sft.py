@@ -247,20 +247,41 @@ def sft(cfg: SFTConfig) -> dict[str, Any]:
     return results
 
 
-def main() -> None:
-    import hydra
-
+def load_config(argv: list[str]) -> SFTConfig:
+    """The checked :class:`SFTConfig` of a command line; bad input raises ``InputError`` before any
+    model loads (a bad key or value, an unknown env, missing weights, overlapping train and eval tasks)."""
+    from madopd_distill.preflight import InputError, check_env, check_model, compose, held_out_tasks, one_line
     from madopd_distill.train import CONF_DIR
 
-    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="sft")
-    def _run(cfg: Any) -> None:
-        from omegaconf import OmegaConf
+    try:
+        cfg = SFTConfig.from_dict(compose(str(CONF_DIR), "sft", argv))
+    except (TypeError, ValueError) as e:
+        if isinstance(e, InputError):
+            raise
+        raise InputError(one_line(e)) from None
+    check_env(cfg.env)
+    for what, name in (("model", cfg.model), ("teacher", cfg.teacher), ("tokenizer", cfg.tokenizer)):
+        if name and not name.startswith("new:"):
+            check_model(what, name)
+    if cfg.eval.num_tasks:
+        try:
+            held_out_tasks(cfg.env, {}, cfg.split, lambda ids: ids[: cfg.num_tasks],
+                           cfg.eval.split, cfg.eval.task_ids)
+        except ValueError as e:
+            raise InputError(one_line(e)) from None
+    return cfg
 
-        d = OmegaConf.to_container(cfg, resolve=True)
-        d.pop("hydra", None)
-        sft(SFTConfig.from_dict(d))
 
-    _run()
+def main(argv: list[str] | None = None) -> None:
+    import sys
+
+    from madopd_distill.preflight import run_cli
+
+    argv = sys.argv[1:] if argv is None else argv
+    if {"-h", "--help"} & set(argv):
+        print(__doc__)
+        return
+    run_cli(lambda: sft(load_config(argv)))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from madopd_distill.preflight import (InputError, check_env, check_method, check_model, check_steps, compose,
+                                      held_out_tasks, one_line, run_cli)
+
 CONF_DIR = Path(os.environ.get("MADOPD_CONF", Path(__file__).resolve().parents[1] / "leaderboards" / "conf")) / "distill"
 
 
@@ -47,47 +50,70 @@ def normalise_argv(argv: list[str]) -> list[str]:
     return out
 
 
-def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """The Hydra config as :class:`TrainConfig` fields: ``method`` group -> name + args; ``teacher``
+def config_to_dict(d: dict[str, Any]) -> dict[str, Any]:
+    """The composed config as :class:`TrainConfig` fields: ``method`` group -> name + args; ``teacher``
     shortcut -> a one-element ``teachers`` list."""
-    from omegaconf import OmegaConf
-
-    d = OmegaConf.to_container(cfg, resolve=True)
-    d.pop("hydra", None)
+    d = dict(d)
     method = dict(d.pop("method") or {})
     if "name" not in method:
-        raise ValueError("the method config group needs a `name` (see leaderboards/conf/distill/method/)")
+        raise InputError("the method config group needs a `name` (see leaderboards/conf/distill/method/)")
     d["method"] = method.pop("name")
     d["method_args"] = method
     teacher = d.pop("teacher", None)
     if teacher:
         if d.get("teachers"):
-            raise ValueError("give either teacher=<path> or teachers=[...], not both")
+            raise InputError("give either teacher=<path> or teachers=[...], not both")
         d["teachers"] = [{"name": "teacher", "backend": "hf", "path": teacher}]
     return d
 
 
-def main() -> None:
-    import hydra
+def load_config(argv: list[str]) -> Any:
+    """The checked :class:`TrainConfig` of a command line; every bad input raises :class:`InputError`
+    here, before any model loads: a bad key or value, an unknown env, missing weights, 0 steps,
+    train and eval tasks that overlap, ``--resume`` of a run that does not exist."""
+    from madopd_distill.trainer import TrainConfig
 
-    sys.argv = normalise_argv(sys.argv)
-
-    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-    def _run(cfg: Any) -> None:
-        from madopd_distill.trainer import TrainConfig, train
-
-        from madopd_envs.vector_ray import RayBackendError
-
+    d = config_to_dict(compose(str(CONF_DIR), "train", normalise_argv(argv)))
+    try:
+        cfg = TrainConfig.from_dict(d)
+    except (TypeError, ValueError) as e:
+        raise InputError(one_line(e)) from None
+    check_steps(cfg.steps)
+    check_method(cfg.method, cfg.method_args)
+    check_env(cfg.env)
+    check_model("student", cfg.student)
+    for t in [*cfg.teachers, *([cfg.ref_teacher] if cfg.ref_teacher else [])]:
+        if t.backend in ("hf", "vllm"):
+            check_model(f"teacher {t.name}", t.path)
+    if cfg.eval.num_tasks:
         try:
-            result = train(TrainConfig.from_dict(config_to_dict(cfg)))
-        except RayBackendError as e:  # Ray missing, cluster unreachable, too few CPUs: one line, exit 2
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+            held_out_tasks(cfg.env, cfg.env_kwargs, cfg.split, lambda ids: ids[: cfg.num_train_tasks],
+                           cfg.eval.split, cfg.eval.task_ids)
+        except ValueError as e:  # the eval window past the end of its split
+            raise InputError(one_line(e)) from None
+    if cfg.resume and not Path(cfg.output_dir).is_dir():
+        raise InputError(f"--resume: {cfg.output_dir} does not exist; nothing to resume (drop --resume to start)")
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> None:
+    from madopd_envs.vector_ray import RayBackendError
+
+    argv = sys.argv[1:] if argv is None else argv
+    if {"-h", "--help"} & set(argv):
+        print(__doc__)
+        return
+
+    def run() -> None:
+        from madopd_distill.trainer import train
+
+        result = train(load_config(argv))
         before, after = result.get("eval_before"), result.get("eval_after")
         if before and after:
             print(f"eval success: before {before['eval_success_rate']:.3f} -> after {after['eval_success_rate']:.3f}")
 
-    _run()
+    # Ray missing, cluster unreachable, too few CPUs: one line, exit 2, like any other bad input.
+    run_cli(run, errors=(RayBackendError,))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from madopd_distill.distributed import (all_sum, average_gradients, data_paralle
                                         reduction_count, shard_episodes)
 from madopd_distill.methods import build_method
 from madopd_distill.methods.base import LossOutput, Method, MethodContext, StudentOutput
+from madopd_distill.preflight import check_disjoint
 from madopd_distill.rollout import Episode, RolloutCollector, RolloutPrompt, TaskSampler, Trajectory, group_episodes
 from madopd_distill.teachers import HFTeacher, OpenAITeacher, Teacher, VLLMTeacher, causal_lm_logits
 from madopd_envs.profile import Profile
@@ -44,11 +45,32 @@ from madopd_envs.profile import Profile
 # -- configuration ---------------------------------------------------------------------------------
 def _from_dict(cls: type, values: dict[str, Any] | None, what: str) -> Any:
     values = dict(values or {})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
+    types = {f.name: f.type for f in fields(cls)}
+    unknown = sorted(set(values) - set(types))
     if unknown:
-        raise ValueError(f"{what}: unknown key(s) {unknown}; known: {sorted(known)}")
-    return cls(**values)
+        raise ValueError(f"{what}: unknown key(s) {unknown}; known: {sorted(types)}")
+    return cls(**{k: _typed(f"{what}.{k}", types[k], v) for k, v in values.items()})
+
+
+_SCALARS = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _typed(key: str, annotation: Any, value: Any) -> Any:
+    """``value`` checked against a scalar field's annotation (``int``, ``float | None``, ...): a config
+    value of the wrong type (``steps=abc``) fails here in one line, not as a ``TypeError`` deep inside."""
+    kinds = [k.strip() for k in str(annotation).split("|")]
+    base = [k for k in kinds if k != "None"]
+    if (value is None and "None" in kinds) or len(base) != 1 or base[0] not in _SCALARS:
+        return value
+    name = base[0]
+    if name == "float" and not isinstance(value, bool):
+        try:  # ints are floats; YAML 1.1 reads ``1e-3`` (no dot) as a string
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    elif isinstance(value, _SCALARS[name]) and not (name == "int" and isinstance(value, bool)):
+        return value
+    raise ValueError(f"{key} must be {'an' if name == 'int' else 'a'} {name}, got {value!r}")
 
 
 @dataclass
@@ -161,7 +183,7 @@ class WorkersConfig:
 
     backend: str = "process"
     ray_address: str | None = None
-    cpus_per_env: float = 1.0
+    cpus_per_env: float | None = None  # None: fit the cluster (see madopd_envs.vector_ray.RayVectorEnv)
     envs_per_worker: int = 1
 
     def __post_init__(self) -> None:
@@ -550,9 +572,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     train_ids = collector.vec.call("tasks", cfg.split, indices=[0])[0][: cfg.num_train_tasks]
     sampler = TaskSampler(train_ids, seed=cfg.seed * 7919)  # the global batch; each process plays its shard
     eval_ids = cfg.eval.task_ids(collector.vec.call("tasks", cfg.eval.split, indices=[0])[0])
-    if cfg.eval.split == cfg.split and set(eval_ids) & set(train_ids):
-        accelerator.print(f"warning: {len(set(eval_ids) & set(train_ids))} eval tasks are also training tasks "
-                          "(set num_train_tasks and eval.first_task to separate them)")
+    check_disjoint(cfg.split, train_ids, cfg.eval.split, eval_ids)
     eval_sampling = SamplingParams(temperature=cfg.eval.temperature, max_new_tokens=cfg.rollout.max_new_tokens)
     results: dict[str, Any] = {}
 

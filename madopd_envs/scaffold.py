@@ -165,8 +165,14 @@ def write(name: str, directory: Path | None = None) -> Path:
     if keyword.iskeyword(snake(name)):
         raise ValueError(f"{name!r} gives the module name {snake(name)!r}, a Python keyword; choose another name")
     root = Path(directory) if directory is not None else Path(snake(name))
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{root} exists and is not a directory; choose another --dir")
     if root.exists() and any(root.iterdir()):
         raise ValueError(f"{root} exists and is not empty; choose another --dir")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file on the way (/etc/passwd/x), no permission, read-only disk
+        raise ValueError(f"--dir {root}: cannot create it ({e.strerror or e})") from None
     for rel, text in files(name).items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)

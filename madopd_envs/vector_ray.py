@@ -185,18 +185,20 @@ class RayVectorEnv(TextVectorEnv):
     Args (beyond :class:`TextVectorEnv`'s):
         ray_address: a running cluster (``host:port`` of its head, or ``auto``); ``None``: a local
             cluster started here (and stopped by ``close``) unless this process already joined one.
-        cpus_per_env: CPUs each actor reserves (fractions allowed: ``0.5`` packs two envs per core).
+        cpus_per_env: CPUs each actor reserves (fractions allowed: ``0.5`` packs two envs per core);
+            ``None``: one each where the cluster has them, else the cluster's CPUs shared evenly (said
+            in one line). An explicit value the cluster cannot fit is refused.
         local_cpus: CPUs of the local cluster when one is started (default: this machine's count).
     """
 
     def __init__(self, env_id: str, num_envs: int, *, group_size: int = 1, step_timeout: float = 60.0,
                  start_timeout: float = 300.0, recycle_after: int | None | str = "auto", ray_address: str | None = None,
-                 cpus_per_env: float = 1.0, local_cpus: int | None = None, **env_kwargs: Any):
+                 cpus_per_env: float | None = None, local_cpus: int | None = None, **env_kwargs: Any):
         if recycle_after == "auto":  # as the process workers: the env class's own (ALFWorld leaks per game)
             recycle_after = default_recycle_after(env_id)
         if num_envs < 1 or num_envs % group_size:
             raise ValueError(f"num_envs ({num_envs}) must be a positive multiple of group_size ({group_size})")
-        if cpus_per_env <= 0:
+        if cpus_per_env is not None and cpus_per_env <= 0:
             raise ValueError(f"cpus_per_env must be > 0, got {cpus_per_env}")
         self.env_id, self.num_envs, self.group_size = env_id, num_envs, group_size
         self.step_timeout, self.start_timeout, self.recycle_after = step_timeout, start_timeout, recycle_after
@@ -214,6 +216,11 @@ class RayVectorEnv(TextVectorEnv):
             _LOCAL["users"] += 1
             self._owns_cluster = _LOCAL["owned"]
             have = self._ray.cluster_resources().get("CPU", 0.0)
+            if cpus_per_env is None:  # the default fits the cluster it runs on
+                cpus_per_env = self.cpus_per_env = min(1.0, have / num_envs) if have else 1.0
+                if cpus_per_env < 1.0:
+                    print(f"ray: {num_envs} env actors share the cluster's {have:g} CPUs ({cpus_per_env:.3g} each)",
+                          file=sys.stderr, flush=True)
             need = num_envs * cpus_per_env
             if need > have:
                 raise RayBackendError(

@@ -19,8 +19,11 @@ BUILD = "madopd_distill.zoo.cli:build_main"
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("build", "list"):
+    if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip(), file=sys.stderr)
+        return 0 if argv else 2
+    if argv[0] not in ("build", "list"):
+        print(f"error: unknown command {argv[0]!r}: use build <recipe> [key=value ...] or list [--json]", file=sys.stderr)
         return 2
     if argv[0] == "build":
         module, _, func = BUILD.partition(":")

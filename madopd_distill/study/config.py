@@ -142,6 +142,32 @@ class Claim:
 
 
 @dataclass
+class Gate:
+    """Whether distillation works in this study's setting, decided before any claim is read.
+
+    The study is *valid* when the reference ``method`` lifts the initial student on held-out
+    ``metric`` (its paired difference's interval lies wholly above 0) and closes at least
+    ``min_gap_closed`` of the initial student -> reference teacher gap. Otherwise every claim's
+    verdict is replaced by :data:`INVALID` (the table stays): comparing variants of a method that does
+    not work here says nothing about the papers. ``metric`` ``None``: success (score where the
+    env has no success notion, see ``claim_metric``).
+    """
+
+    method: str = "opd"
+    metric: str | None = None
+    min_gap_closed: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.metric not in (None, "success", "score"):
+            raise StudyError(f"gate.metric must be success or score, got {self.metric!r}")
+        if not 0.0 <= self.min_gap_closed <= 1.0:
+            raise StudyError(f"gate.min_gap_closed must be in [0, 1], got {self.min_gap_closed}")
+
+
+INVALID = "invalid: distillation does not work in this setting"
+
+
+@dataclass
 class StudyConfig:
     """A comparative study: methods x seeds, one budget, one held-out set.
 
@@ -168,6 +194,7 @@ class StudyConfig:
         claims: the papers' claims, see :class:`Claim`.
         claim_metric: the metric of a claim that names none (``score`` where success is rare at this
             scale, as in long games the teachers seldom win).
+        gate: see :class:`Gate` (default: OPD must lift the student and close half the gap).
         checkpoint_every: training checkpoints (a killed study resumes a cell from the last one).
         accelerate_config: an ``accelerate`` config file (e.g. ``leaderboards/conf/distill/accelerate/
             fsdp.yaml``, ``deepspeed_zero3.yaml``): OPD cells then run under ``accelerate launch`` with
@@ -192,6 +219,7 @@ class StudyConfig:
     base: dict[str, Any] = field(default_factory=dict)
     claims: list[Claim] = field(default_factory=list)
     claim_metric: str = "success"
+    gate: Gate = field(default_factory=Gate)
     checkpoint_every: int = 10
     accelerate_config: str | None = None
     num_processes: int = 1
@@ -212,6 +240,7 @@ class StudyConfig:
         d["train"] = _build(TaskSet, d.get("train"), "train")
         d["eval"] = _build(EvalSet, d.get("eval"), "eval")
         d["budget"] = _build(Budget, d.get("budget"), "budget")
+        d["gate"] = _build(Gate, d.get("gate"), "gate")
         metric = d.get("claim_metric") or "success"
         d["claims"] = [_build(Claim, {"metric": metric, **(c or {})}, "claims[]") for c in d.get("claims") or []]
         missing = [k for k in ("name", "env", "student", "teachers", "seeds") if d.get(k) in (None, "")]
@@ -335,7 +364,7 @@ def select_cells(cells: list[Cell], patterns: list[str] | None) -> list[Cell]:
 # -- checks that need no model --------------------------------------------------------------------
 def check_methods(cfg: StudyConfig, cells: list[Cell]) -> None:
     """Each method's args are fields of its config, with valid values (its ``__post_init__``)."""
-    from madopd_distill.methods import method_class
+    from madopd_distill.preflight import check_method
     from madopd_distill.sft import SFTConfig
 
     seen: set[str] = set()
@@ -347,35 +376,24 @@ def check_methods(cfg: StudyConfig, cells: list[Cell]) -> None:
             if c.is_baseline:
                 SFTConfig.from_dict({"env": cfg.env, "model": "x", "teacher": "x", **c.args})
             else:
-                method_class(c.method).Config.from_dict(dict(c.args))
+                check_method(c.method, c.args)
         except (TypeError, ValueError) as e:
             raise StudyError(f"methods.{c.label}: {str(e).splitlines()[0]}") from None
+    if cfg.gate.method not in cfg.methods:  # after the methods themselves, so a misspelt method is named first
+        raise StudyError(f"gate.method {cfg.gate.method!r} is not one of the methods {list(cfg.methods)}")
 
 
 def check_tasks(cfg: StudyConfig) -> tuple[list[str], list[str]]:
     """(train ids, eval ids) from the env's task lists; raises when they overlap or are too few."""
-    from madopd_envs.registry import make
+    from madopd_distill.preflight import InputError, held_out_tasks
 
     if cfg.train.first_task != 0:
         raise StudyError("train.first_task: training tasks are the first num_tasks of train.split (set it to 0)")
-    env = make(cfg.env, **cfg.env_kwargs)
     try:
-        splits = {s: list(env.tasks(s)) for s in {cfg.train.split, cfg.eval.split}}
-    except (KeyError, ValueError) as e:
-        raise StudyError(f"{cfg.env}: {str(e).splitlines()[0]}") from None
-    finally:
-        env.close()
-    train_ids, eval_ids = cfg.train.ids(splits[cfg.train.split]), cfg.eval.ids(splits[cfg.eval.split])
-    if not train_ids:
-        raise StudyError(f"train: {cfg.env} split {cfg.train.split!r} gives no training task")
-    if not eval_ids or (cfg.eval.num_tasks and len(eval_ids) < cfg.eval.num_tasks):
-        raise StudyError(f"eval: split {cfg.eval.split!r} has {len(splits[cfg.eval.split])} tasks; asked for "
-                         f"{cfg.eval.num_tasks} from task {cfg.eval.first_task}")
-    both = sorted(set(train_ids) & set(eval_ids)) if cfg.train.split == cfg.eval.split else []
-    if both:
-        raise StudyError(f"train and eval tasks overlap ({len(both)} tasks, e.g. {both[0]!r}): held-out means "
-                         f"disjoint; set eval.first_task >= train.num_tasks or use another eval.split")
-    return train_ids, eval_ids
+        return held_out_tasks(cfg.env, cfg.env_kwargs, cfg.train.split, cfg.train.ids, cfg.eval.split, cfg.eval.ids,
+                              eval_needed=cfg.eval.num_tasks or 1)
+    except InputError as e:
+        raise StudyError(str(e)) from None
 
 
 def check_tokenizers(cells: list[Cell]) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from madopd_distill.stats import Interval, hierarchical_bootstrap, paired_difference, seed_band, verdict
-from madopd_distill.study.config import Cell, StudyConfig
+from madopd_distill.study.config import INVALID, Cell, StudyConfig
 from madopd_distill.study.runner import EvalAgent, cell_dir, read_json
 
 STATS_METHOD = ("95% intervals: hierarchical bootstrap (4000 draws) resampling seeds, then held-out tasks within each "
@@ -143,7 +143,69 @@ def analyse(cfg: StudyConfig, cells: list[Cell], agents: list[EvalAgent], status
             if d is not None:
                 row[key] = {**d.as_dict(), "significant": d.significant, "metric": metric}
     claims = [_claim(c, mats) for c in cfg.claims]
-    return {"rows": rows, "claims": claims, "logs": logs, "mats": mats}
+    gate = validity_gate(cfg, rows, mats)
+    return {"rows": rows, "claims": gated(claims, gate), "logs": logs, "mats": mats, "gate": gate}
+
+
+def gated(claims: list[dict[str, Any]], gate: dict[str, Any]) -> list[dict[str, Any]]:
+    """The claims as they stand, or, where the gate failed, each with the invalid marker in place of its
+    verdict (its measured difference kept): no verdict about variants of a method that does not work here."""
+    return claims if gate["valid"] else [{**c, "verdict": INVALID, "note": None} for c in claims]
+
+
+
+def validity_gate(cfg: StudyConfig, rows: list[dict[str, Any]], mats: dict[str, Any]) -> dict[str, Any]:
+    """Does distillation work here? The gate method's paired Δ vs the initial student on held-out
+    ``metric`` and the share of the initial student -> reference teacher gap it closes; the same
+    figures for ``sft`` where the study runs it (see :class:`~madopd_distill.study.config.Gate`)."""
+    metric = cfg.gate.metric or diff_metric(cfg)
+    ref = f"teacher-{cfg.ref_teacher or cfg.teachers[0]['name']}"
+    init = next((r["method"] for r in rows if r["role"] == "initial" and r["method"] in mats), None)
+    mean = lambda name: float(np.nanmean(mats[name][metric])) if name in mats and metric in mats[name] else None  # noqa: E731
+
+    def lift(label: str) -> dict[str, Any] | None:
+        row = next((r for r in rows if r["method"] == label), None)
+        if row is None or mean(label) is None:
+            return None
+        d = _paired(mats[label], _each_seed(mats.get(init), mats[label]), metric) if init else None
+        gap = (mean(ref) - mean(init)) if mean(ref) is not None and init else None
+        closed = (mean(label) - mean(init)) / gap if gap and gap > 0 else None
+        return {"method": label, "mean": mean(label), "delta": d.as_dict() if d else None,
+                "gap_closed": closed}
+
+    out: dict[str, Any] = {"method": cfg.gate.method, "metric": metric, "min_gap_closed": cfg.gate.min_gap_closed,
+                           "initial": mean(init) if init else None, "teacher": ref, "teacher_mean": mean(ref),
+                           "gate": lift(cfg.gate.method), "sft": lift("sft") if "sft" in cfg.methods else None}
+    g = out["gate"]
+    if g is None or g["delta"] is None:
+        out["valid"], out["reason"] = False, f"{cfg.gate.method} or the initial student has no held-out results"
+    elif out["teacher_mean"] is None or g["gap_closed"] is None:
+        out["valid"], out["reason"] = False, f"the reference teacher ({ref}) is not above the initial student"
+    elif g["delta"]["lo"] <= 0:
+        out["valid"], out["reason"] = False, f"{cfg.gate.method} does not lift the student significantly"
+    elif g["gap_closed"] < cfg.gate.min_gap_closed:
+        out["valid"], out["reason"] = False, (f"{cfg.gate.method} closes {g['gap_closed']:.2f} of the gap, "
+                                              f"< {cfg.gate.min_gap_closed}")
+    else:
+        out["valid"], out["reason"] = True, None
+    return out
+
+
+def gate_markdown(gate: dict[str, Any]) -> list[str]:
+    """The opening section of results.md: passed, or the invalid marker and why."""
+    head = "**valid**: distillation works in this setting" if gate["valid"] else f"**{INVALID}** ({gate['reason']})"
+    md = ["## Does distillation work here?", "", head, "",
+          f"Held-out {gate['metric']}: initial student {_num(gate['initial'], '{:.3f}')}, reference teacher "
+          f"`{gate['teacher']}` {_num(gate['teacher_mean'], '{:.3f}')}.", "",
+          "| method | held-out | Δ vs initial [95% CI] | gap closed |", "|---|---|---|---|"]
+    for key in ("gate", "sft"):
+        g = gate.get(key)
+        if g:
+            md.append(f"| `{g['method']}` | {_num(g['mean'], '{:.3f}')} | {_ci(g['delta'], 3)} | "
+                      f"{_num(g['gap_closed'], '{:.2f}')} |")
+    md += ["", f"Gate: `{gate['method']}`'s Δ interval above 0 and gap closed >= {gate['min_gap_closed']} "
+           "(study config `gate:`); when it fails, no claim gets a verdict.", ""]
+    return md
 
 
 def diff_metric(cfg: StudyConfig) -> str:
@@ -344,11 +406,12 @@ def write_results(cfg: StudyConfig, cells: list[Cell], agents: list[EvalAgent], 
                    **{k: v for k, v in statuses.get(c.id, {}).items()}} for c in cells],
         "evaluated": [{"agent": x.name, "model": x.model, "role": x.role, "cell": x.cell,
                        "error": eval_errors.get(x.name)} for x in agents],
-        "table": a["rows"], "claims": a["claims"], "figures": [f"figures/{f}" for f in figures],
+        "gate": a["gate"], "table": a["rows"], "claims": a["claims"], "figures": [f"figures/{f}" for f in figures],
         "wall_s_this_invocation": round(wall_s, 1),
     }
     (out / "study.json").write_text(json.dumps(study, indent=2, default=float))
-    md = [f"# Study `{cfg.name}`", "", f"Produced by: `{command}`", "", cfg.description.strip(), "",
+    md = [f"# Study `{cfg.name}`", "", f"Produced by: `{command}`", "", *gate_markdown(a["gate"]),
+          cfg.description.strip(), "",
           f"Env `{cfg.env}`; train: first {cfg.train.num_tasks or 'all'} tasks of `{cfg.train.split}`; held out: "
           f"{len(eval_ids)} tasks of `{cfg.eval.split}` from task {cfg.eval.first_task}, eval seeds "
           f"{list(cfg.eval.seeds)}, " + ("greedy." if cfg.eval.temperature == 0 else

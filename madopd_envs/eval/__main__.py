@@ -104,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.num_envs < 1 or (args.episodes is not None and args.episodes < 1):
         print("error: --num-envs and --episodes must be >= 1", file=sys.stderr)
         return 2
+    if args.seed is not None and args.seed < 0:  # env engines take unsigned seeds: refuse it before any episode
+        print(f"error: --seed must be >= 0, got {args.seed}", file=sys.stderr)
+        return 2
     if args.step_timeout <= 0 or args.agent_timeout < 0:
         print("error: --step-timeout must be > 0 and --agent-timeout >= 0 (0: no limit)", file=sys.stderr)
         return 2

@@ -46,6 +46,8 @@ class Entry:
     def __post_init__(self) -> None:
         if self.episodes < 1 or (self.max_steps is not None and self.max_steps < 1) or not self.seeds:
             raise ConfigError(f"{self.env}: episodes and max_steps must be >= 1 and seeds non-empty")
+        if min(self.seeds) < 0:
+            raise ConfigError(f"{self.env}: seeds must be >= 0, got {list(self.seeds)}")
         if self.select not in ("spread", "first"):
             raise ConfigError(f"{self.env}: select must be 'spread' or 'first', got {self.select!r}")
 

@@ -38,6 +38,20 @@ def _table_md(study: dict[str, Any]) -> str:
     return "\n".join(lines[: next((i for i, ln in enumerate(lines) if ln.startswith("| paper")), len(lines))])
 
 
+def gate_line(s: dict[str, Any]) -> str:
+    """Whether distillation works in the study's setting (``study.json``'s ``gate``), in one line."""
+    g = s.get("gate")
+    if not g:
+        return "validity gate: not recorded (a study written before the gate)"
+    lift = g.get("gate") or {}
+    closed = lift.get("gap_closed")
+    figures = (f"{g['method']} Δ {g['metric']} {(lift.get('delta') or {}).get('mean', float('nan')):+.3f}, "
+               f"gap closed {closed:.2f}" if closed is not None else "")
+    head = "valid: distillation works in this setting" if g.get("valid") else \
+        f"invalid: distillation does not work in this setting ({g.get('reason')})"
+    return head + (f" [{figures}]" if figures else "")
+
+
 def studies_markdown(studies: list[dict[str, Any]], store: Path) -> str:
     if not studies:
         return ""
@@ -45,7 +59,7 @@ def studies_markdown(studies: list[dict[str, Any]], store: Path) -> str:
     for s in studies:
         rel = Path(s["_dir"]).relative_to(store)
         out += [f"## {s['name']}", "", f"[results.md]({rel}/results.md) · command: `{s.get('command', '')}`", "",
-                _table_md(s), ""]
+                f"**{gate_line(s)}**", "", _table_md(s), ""]
         for c in s.get("claims", []):
             out.append(f"- {c['paper']}: {c['claim']} (`{c['method']}` vs `{c['baseline']}`, {c['metric']}): "
                        f"**{c['verdict']}**")
@@ -66,5 +80,6 @@ def studies_html(studies: list[dict[str, Any]]) -> str:
                 continue
             imgs.append(f"<img alt='{html.escape(f)}' src='data:image/png;base64,{png}'>")
         parts += [f"<h2>{html.escape(s['name'])}</h2>", f"<p><code>{html.escape(s.get('command', ''))}</code></p>",
+                  f"<p class='gate'><b>{html.escape(gate_line(s))}</b></p>",
                   f"<div class='wide'><pre>{html.escape(_table_md(s))}</pre></div>", f"<ul>{claims}</ul>", *imgs]
     return "\n".join(parts)

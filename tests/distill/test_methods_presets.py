@@ -68,12 +68,10 @@ def test_paper_preset_loads_cites_upstream_and_holds_the_published_values(preset
 
 
 def test_presets_compose_with_hydra_and_overrides_still_apply():
-    from hydra import compose, initialize_config_dir
-
+    from madopd_distill.preflight import compose
     from madopd_distill.train import CONF_DIR, config_to_dict
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["method=mad_opd_paper", "student=x", "teacher=y", "method.rounds=3"])
-    d = config_to_dict(cfg)
+    d = config_to_dict(compose(str(CONF_DIR), "train", ["method=mad_opd_paper", "student=x", "teacher=y",
+                                                        "method.rounds=3"]))
     assert d["method"] == "mad_opd" and d["method_args"]["history"] == "expert"
     assert d["method_args"]["reduction"] == "sample_mean" and d["method_args"]["rounds"] == 3

@@ -148,8 +148,11 @@ def test_study_kill_resume_and_a_crashing_cell(tmp_path: Path, models: dict[str,
         assert rows[m]["kl_token"]["mean"] > 0 and rows[m]["teacher_tokens_scored"] > 0
     assert "lo" in rows["opd@jsd0.5"]["diff_vs_opd"] and "diff_vs_opd" not in rows["opd"]
     assert rows["opd"]["diff_vs_initial"]["metric"] == "success" and "lo" in rows["opd@jsd0.5"]["diff_vs_initial"]
-    assert study["claims"][0]["verdict"] in ("replicated", "not replicated", "inconclusive")
+    # untrained tiny models: OPD cannot lift the student, so the gate fails and no claim gets a verdict
+    assert study["gate"]["valid"] is False and study["gate"]["gate"]["method"] == "opd"
+    assert study["claims"][0]["verdict"] == "invalid: distillation does not work in this setting"
     md = (out / "results.md").read_text()
+    assert md.index("invalid: distillation does not work in this setting") < md.index("## Results")
     assert "success [95% CI]" in md and "| `opd` | 2/2 |" in md and "hierarchical bootstrap" in md
     assert "lr must be > 0" in md
     for fig in ("success_vs_step.png", "kl_token_vs_step.png", "kl_traj_vs_step.png"):
@@ -334,3 +337,47 @@ def test_a_cell_started_from_rebuilt_weights_is_another_cell(tmp_path: Path, mod
     shutil.copy(Path(models["teacher"]) / "model.safetensors", student / "model.safetensors")  # rebuilt
     with pytest.raises(StudyError, match="other weights"):
         runner.train_cells(cfg, cells, 20, 1, False, print)
+
+
+def _gate_inputs(opd: float, sft: float, init: float = 0.2, teacher: float = 0.9, seeds: int = 3, tasks: int = 40):
+    """Rows and per-(seed, task) outcome matrices of a study whose methods win a fixed share of tasks."""
+    import numpy as np
+
+    def wins(p: float, n_seeds: int) -> np.ndarray:
+        return np.array([[1.0 if (t * 7 + s) % tasks < p * tasks else 0.0 for t in range(tasks)]
+                         for s in range(n_seeds)])
+
+    mats = {name: {"seeds": list(range(n)), "success": wins(p, n), "score": wins(p, n)} for name, p, n in
+            [("student-init", init, 1), ("teacher-teacher", teacher, 1), ("opd", opd, seeds), ("sft", sft, seeds)]}
+    rows = [{"method": "student-init", "role": "initial"}, {"method": "teacher-teacher", "role": "teacher"},
+            {"method": "opd", "role": "method"}, {"method": "sft", "role": "method"}]
+    return rows, mats
+
+
+@pytest.mark.parametrize("opd,valid,reason", [(0.75, True, None), (0.2, False, "does not lift"),
+                                              (0.4, False, "closes 0.29 of the gap")])
+def test_validity_gate_passes_only_when_opd_lifts_the_student_and_closes_the_gap(opd, valid, reason, tmp_path, models):
+    from madopd_distill.study.config import INVALID, load_study
+    from madopd_distill.study.results import gate_markdown, gated, validity_gate
+
+    methods = "  opd: {}\n  sft: {method: sft, args: {episodes: 4, epochs: 1}}"
+    cfg = load_study(str(study_yaml(tmp_path, models, methods=methods)), [], REPO / "leaderboards" / "conf" / "study")
+    gate = validity_gate(cfg, *_gate_inputs(opd=opd, sft=0.5))
+    assert gate["valid"] is valid and (reason is None or reason in gate["reason"])
+    assert gate["gate"]["gap_closed"] == pytest.approx((opd - 0.2) / 0.7, abs=0.02)
+    assert gate["sft"]["gap_closed"] == pytest.approx(0.3 / 0.7, abs=0.02)
+    claims = [{"claim": "x", "verdict": "replicated", "note": None}]
+    assert gated(claims, gate)[0]["verdict"] == ("replicated" if valid else INVALID)
+    md = "\n".join(gate_markdown(gate))
+    assert (INVALID in md) is (not valid) and "| `sft` |" in md
+
+
+def test_gate_config_is_checked(tmp_path, models):
+    from madopd_distill.study.config import StudyError, build_cells, load_study, validate
+
+    conf = REPO / "leaderboards" / "conf" / "study"
+    cfg = load_study(str(study_yaml(tmp_path, models)), ["+gate.method=nope"], conf)
+    with pytest.raises(StudyError, match="gate.method 'nope'"):
+        validate(cfg, build_cells(cfg))
+    with pytest.raises(StudyError, match="min_gap_closed"):
+        load_study(str(study_yaml(tmp_path, models)), ["+gate.min_gap_closed=2"], conf)

@@ -139,14 +139,21 @@ class TestLocalCluster:
             vec.reset(seed=2)
             assert vec.pids()[0] != first
 
-    def test_more_actors_than_cpus_is_one_line_and_starts_nothing(self):
+    def test_more_actors_than_cpus_asked_for_is_one_line_and_starts_nothing(self):
         with pytest.raises(RayBackendError, match=r"need 5 CPUs, the Ray cluster has 4") as e:
-            madopd_envs.make_vec(ENV, 5, backend="ray")
+            madopd_envs.make_vec(ENV, 5, backend="ray", cpus_per_env=1.0)
         assert "\n" not in str(e.value)
         deadline = time.monotonic() + 15  # CPUs of the previous test's killed actors come back asynchronously
         while ray.available_resources().get("CPU") != 4 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert ray.available_resources().get("CPU") == 4  # no actor of the refused vec holds a reservation
+
+
+    def test_default_reservation_fits_the_cluster(self, capfd):
+        with madopd_envs.make_vec(ENV, 5, backend="ray") as vec:  # 5 envs on a 4-CPU cluster: 0.8 CPU each
+            assert vec.cpus_per_env == 0.8
+            vec.reset(seed=0)
+        assert "5 env actors share the cluster's 4 CPUs (0.8 each)" in capfd.readouterr().err
 
 
 def test_unreachable_address_fails_fast_in_one_line():

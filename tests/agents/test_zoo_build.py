@@ -119,7 +119,7 @@ def test_bad_recipes_fail_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
                            "students.0.base=/nowhere/model"], "/nowhere/model"),
                          (["simonsays", "heldout_tasks.first=0"], "overlap"),
                          (["simonsays", "teachers.0.policy.steps=-1"], "steps >= 0"),
-                         (["simonsays", "students.0.train.lr=fast"], "lr and until_loss must be numbers")]:
+                         (["simonsays", "students.0.train.lr=fast"], "train.lr must be a float, got 'fast'")]:
         assert build_main(args) == 2, args
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and needle in err, (args, err)

@@ -1,0 +1,226 @@
+"""Pilot for zoo v2 (issue 26): can OPD lift a *pretrained* student toward a competent teacher?
+
+Not part of the package: a script that answers one question before the recipe is built. Stages are
+cached under ``--work`` so a later stage can be re-run with other settings:
+
+1. expert states of SimonSays (train tasks 0..399, calibration 800..899, held-out 900..999);
+2. a tokenizer trained on those texts; a *pretraining corpus*: every train state's conversation
+   followed by a reply whose action is the expert's with probability ``1 - noise`` and otherwise a
+   random action from the pool of all expert actions (noisy-expert play), loss on every token;
+3. teacher: tiny Qwen3 ``S`` pretrained ``--teacher-pretrain`` steps, then SFT on expert actions;
+4. student: a smaller Qwen3 pretrained on the same corpus until its greedy accuracy on the
+   calibration states first reaches ``--student-target`` (a base "pretrained to a given competence");
+5. OPD (``madopd_distill.trainer.train``) from that student with that teacher, held-out success logged.
+
+    OMP_NUM_THREADS=1 .venv/bin/python leaderboards/pilots/zoo_v2.py --work /tmp/zoo_v2 stage...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from madopd_agents.hf import HFAgent
+from madopd_agents.zoo import _save_folder, build_tokenizer, tiny_qwen3
+from madopd_distill.batch import micro_batches
+from madopd_distill.trainer import load_causal_lm, student_forward
+from madopd_distill.trajectory import Sample
+from madopd_distill.zoo.build import EpisodeEval, generate, parse_action, to_sample
+from madopd_distill.zoo.data import action_reply, collect_states
+from madopd_distill.zoo.recipe import Recipe, TaskRange
+
+T0 = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    print(f"[pilot {time.perf_counter() - T0:6.0f}s] {msg}", flush=True)
+
+
+def recipe() -> Recipe:
+    from omegaconf import OmegaConf
+
+    d = OmegaConf.to_container(OmegaConf.load("leaderboards/conf/zoo/simonsays.yaml"))
+    return Recipe.from_dict(d)
+
+
+def states(work: Path, rec: Recipe):
+    import pickle
+
+    f = work / "states.pkl"
+    if f.exists():
+        return pickle.loads(f.read_bytes())
+    out = {name: collect_states(rec, r, judge_candidates=0, seed=i) for i, (name, r) in enumerate(
+        [("train", rec.train_tasks), ("cal", rec.calibration_tasks), ("held", rec.heldout_tasks)])}
+    f.write_bytes(pickle.dumps(out))
+    return out
+
+
+def tokenizer(work: Path, st):
+    from transformers import AutoTokenizer
+
+    d = work / "tok"
+    if d.exists():
+        return AutoTokenizer.from_pretrained(str(d))
+    texts = [m["content"] for s in st["train"] for m in s.context] + [action_reply(s.expert_action) for s in st["train"]]
+    tok = build_tokenizer(texts, vocab_size=1024)
+    tok.save_pretrained(str(d))
+    return tok
+
+
+def corpus(tok, st, noise: float, seed: int) -> list[Sample]:
+    """Noisy-expert transcripts, next-token loss on every token (context included)."""
+    rng = random.Random(seed)
+    pool = sorted({s.expert_action for s in st["train"]})
+    out = []
+    for s in st["train"]:
+        a = s.expert_action if rng.random() >= noise else rng.choice(pool)
+        smp = to_sample(tok, s.context, action_reply(a))
+        out.append(Sample(smp.input_ids, [False] + [True] * (len(smp.input_ids) - 1), smp.sampler_logprobs))
+    return out
+
+
+def fit(model, tok, samples: list[Sample], steps: int, lr: float, seed: int, batch: int = 32, warmup: int = 20,
+        check=None, check_every: int = 50) -> int:
+    """AdamW, linear warm-up then constant; ``check(step) -> bool`` every ``check_every`` steps stops it."""
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+    order: list[int] = []
+    recent: list[float] = []
+    for step in range(1, steps + 1):
+        model.train()
+        if len(order) < batch:
+            more = list(range(len(samples)))
+            rng.shuffle(more)
+            order += more
+        chunk, order = [samples[i] for i in order[:batch]], order[batch:]
+        opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for b in micro_batches(chunk, "token_mean", tok.pad_token_id, 16384):
+            loss = -(b.reduce_weight * student_forward(model, b).token_logprobs).sum()
+            loss.backward()
+            total += float(loss.detach())
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        recent = (recent + [total])[-20:]
+        if step % check_every == 0:
+            model.eval()
+            log(f"  step {step} loss {sum(recent) / len(recent):.4f}")
+            if check is not None and check(step):
+                return step
+    model.eval()
+    return steps
+
+
+def measure(model, tok, held, teacher_actions=None) -> dict:
+    """Greedy accuracy on ``held`` states and, where wrong, the probability of the right action."""
+    agent = HFAgent(model, tok, name="m", batch_size=64)
+    acts = [parse_action(r) for r in generate(agent, [s.context for s in held], 24)]
+    targets = teacher_actions or [s.expert_action for s in held]
+    wrong = [i for i, (a, t) in enumerate(zip(acts, targets)) if a != t]
+    p = []
+    if wrong:
+        samples = [to_sample(tok, held[i].context, action_reply(targets[i])) for i in wrong]
+        with torch.no_grad():
+            for b in micro_batches(samples, "sample_sum", tok.pad_token_id, 16384):
+                lp = student_forward(model, b).token_logprobs
+                p += torch.zeros(len(b.samples)).index_add_(0, b.rows, lp).exp().tolist()
+    return {"accuracy": 1 - len(wrong) / len(held), "median_p_right_where_wrong": statistics.median(p) if p else None,
+            "actions": acts}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("stages", nargs="+", choices=["teacher", "student", "opd"])
+    ap.add_argument("--noise", type=float, default=0.3)
+    ap.add_argument("--teacher-pretrain", type=int, default=1500)
+    ap.add_argument("--teacher-sft", type=int, default=100)
+    ap.add_argument("--student-size", default="hidden_size=96,num_hidden_layers=2,intermediate_size=384,"
+                                               "num_attention_heads=3,num_key_value_heads=1,head_dim=32")
+    ap.add_argument("--student-target", type=float, default=0.5)
+    ap.add_argument("--student-max", type=int, default=3000)
+    ap.add_argument("--student-name", default="student")
+    ap.add_argument("--opd-steps", type=int, default=200)
+    ap.add_argument("--opd-lr", type=float, default=3e-4)
+    ap.add_argument("--opd-name", default="opd")
+    ap.add_argument("--method", default="opd")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    a.work.mkdir(parents=True, exist_ok=True)
+    rec = recipe()
+    st = states(a.work, rec)
+    tok = tokenizer(a.work, st)
+    log(f"states {', '.join(f'{k} {len(v)}' for k, v in st.items())}; vocab {len(tok)}")
+    pre = corpus(tok, st, a.noise, a.seed)
+    report = a.work / "report.jsonl"
+
+    def record(**kw):
+        kw.pop("actions", None)
+        log(json.dumps(kw))
+        with report.open("a") as f:
+            f.write(json.dumps(kw) + "\n")
+
+    episodes = EpisodeEval(rec)
+    if "teacher" in a.stages:
+        model = tiny_qwen3(tok, size="S", seed=0)
+        fit(model, tok, pre, a.teacher_pretrain, 3e-3, 0, check_every=250)
+        m = measure(model, tok, st["held"])
+        record(model="teacher_base", steps=a.teacher_pretrain, noise=a.noise, **m,
+               **episodes(HFAgent(model, tok, name="t", batch_size=32)))
+        _save_folder(a.work / "teacher_base", model, tok)
+        sft = [to_sample(tok, s.context, action_reply(s.expert_action)) for s in st["train"]]
+        fit(model, tok, sft, a.teacher_sft, 1e-3, 1, check_every=50)
+        m = measure(model, tok, st["held"])
+        record(model="teacher", **m, **episodes(HFAgent(model, tok, name="t", batch_size=32)))
+        _save_folder(a.work / "teacher", model, tok)
+
+    if "student" in a.stages:
+        sizes = {k: int(v) for k, v in (kv.split("=") for kv in a.student_size.split(","))}
+        model = tiny_qwen3(tok, size="S", seed=2, **sizes)
+
+        def reached(step: int) -> bool:
+            acc = measure(model, tok, st["cal"])["accuracy"]
+            log(f"  student calibration accuracy {acc:.3f} at step {step}")
+            return acc >= a.student_target
+
+        steps = fit(model, tok, pre, a.student_max, 3e-3, 2, check=reached, check_every=50)
+        m = measure(model, tok, st["held"])
+        record(model=a.student_name, steps=steps, target=a.student_target, size=sizes,
+               parameters=sum(p.numel() for p in model.parameters()), **m,
+               **episodes(HFAgent(model, tok, name="s", batch_size=32)))
+        _save_folder(a.work / a.student_name, model, tok)
+    episodes.close()
+
+    if "opd" in a.stages:
+        from madopd_distill.trainer import TrainConfig, train
+
+        cfg = TrainConfig.from_dict({
+            "env": rec.env, "student": str(a.work / a.student_name), "method": a.method,
+            "teachers": [{"name": "teacher", "path": str(a.work / "teacher")}],
+            "prompt": rec.prompt, "split": "train", "num_train_tasks": 400, "steps": a.opd_steps,
+            "rollout": {"num_envs": 2, "tasks_per_step": 8, "max_new_tokens": 24, "max_env_steps": 6},
+            "optim": {"lr": a.opd_lr, "warmup_steps": 10},
+            "eval": {"split": "train", "first_task": 900, "num_tasks": 100, "every": 20},
+            "output_dir": str(a.work / a.opd_name), "seed": a.seed,
+        })
+        t = time.perf_counter()
+        out = train(cfg)
+        student, _ = load_causal_lm(str(a.work / a.opd_name / "final")) if (a.work / a.opd_name / "final").exists() \
+            else (None, None)
+        m = measure(student, tok, st["held"]) if student is not None else {}
+        record(model=a.opd_name, method=a.method, steps=a.opd_steps, lr=a.opd_lr, seconds=time.perf_counter() - t,
+               eval_success=out.get("eval_success_rate"), **m)
+
+
+if __name__ == "__main__":
+    main()

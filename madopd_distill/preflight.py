@@ -79,6 +79,19 @@ def held_out_tasks(env_id: str, env_kwargs: dict[str, Any], train_split: str, tr
     return train, held
 
 
+def check_eval_window(env_id: str, env_kwargs: dict[str, Any], train_split: str,
+                      train_ids: Callable[[list[str]], list[str]], eval_split: str,
+                      eval_ids: Callable[[list[str]], list[str]]) -> None:
+    """:func:`held_out_tasks` for a CLI: an eval window past its split's end or overlapping the
+    training tasks is an :class:`InputError`."""
+    try:
+        held_out_tasks(env_id, env_kwargs, train_split, train_ids, eval_split, eval_ids)
+    except InputError:
+        raise
+    except ValueError as e:
+        raise InputError(one_line(e)) from None
+
+
 def check_disjoint(train_split: str, train_ids: Sequence[str], eval_split: str, eval_ids: Sequence[str]) -> None:
     both = sorted(set(train_ids) & set(eval_ids)) if train_split == eval_split else []
     if both:
@@ -86,8 +99,13 @@ def check_disjoint(train_split: str, train_ids: Sequence[str], eval_split: str, 
                          f"disjoint; move eval.first_task past the training tasks or use another eval.split")
 
 
-def run_cli(main: Callable[[], Any], errors: Sequence[type[BaseException]] = ()) -> None:
-    """Run ``main``; an :class:`InputError` (or one of ``errors``) prints one line and exits 2."""
+def run_cli(main: Callable[[], Any], errors: Sequence[type[BaseException]] = (), argv: Sequence[str] = (),
+            doc: str | None = None) -> None:
+    """Run ``main``; an :class:`InputError` (or one of ``errors``) prints one line and exits 2.
+    ``-h``/``--help`` in ``argv`` prints ``doc`` instead."""
+    if doc and {"-h", "--help"} & set(argv):
+        print(doc)
+        return
     try:
         main()
     except (InputError, *errors) as e:

@@ -250,7 +250,7 @@ def sft(cfg: SFTConfig) -> dict[str, Any]:
 def load_config(argv: list[str]) -> SFTConfig:
     """The checked :class:`SFTConfig` of a command line; bad input raises ``InputError`` before any
     model loads (a bad key or value, an unknown env, missing weights, overlapping train and eval tasks)."""
-    from madopd_distill.preflight import InputError, check_env, check_model, compose, held_out_tasks, one_line
+    from madopd_distill.preflight import InputError, check_env, check_model, check_eval_window, compose, one_line
     from madopd_distill.train import CONF_DIR
 
     try:
@@ -264,11 +264,7 @@ def load_config(argv: list[str]) -> SFTConfig:
         if name and not name.startswith("new:"):
             check_model(what, name)
     if cfg.eval.num_tasks:
-        try:
-            held_out_tasks(cfg.env, {}, cfg.split, lambda ids: ids[: cfg.num_tasks],
-                           cfg.eval.split, cfg.eval.task_ids)
-        except ValueError as e:
-            raise InputError(one_line(e)) from None
+        check_eval_window(cfg.env, {}, cfg.split, lambda ids: ids[: cfg.num_tasks], cfg.eval.split, cfg.eval.task_ids)
     return cfg
 
 
@@ -278,10 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     from madopd_distill.preflight import run_cli
 
     argv = sys.argv[1:] if argv is None else argv
-    if {"-h", "--help"} & set(argv):
-        print(__doc__)
-        return
-    run_cli(lambda: sft(load_config(argv)))
+    run_cli(lambda: sft(load_config(argv)), argv=argv, doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from madopd_distill.preflight import (InputError, check_env, check_method, check_model, check_steps, compose,
-                                      held_out_tasks, one_line, run_cli)
+from madopd_distill.preflight import (InputError, check_env, check_method, check_model, check_eval_window, check_steps,
+                                      compose, one_line, run_cli)
 
 CONF_DIR = Path(os.environ.get("MADOPD_CONF", Path(__file__).resolve().parents[1] / "leaderboards" / "conf")) / "distill"
 
@@ -86,11 +86,8 @@ def load_config(argv: list[str]) -> Any:
         if t.backend in ("hf", "vllm"):
             check_model(f"teacher {t.name}", t.path)
     if cfg.eval.num_tasks:
-        try:
-            held_out_tasks(cfg.env, cfg.env_kwargs, cfg.split, lambda ids: ids[: cfg.num_train_tasks],
-                           cfg.eval.split, cfg.eval.task_ids)
-        except ValueError as e:  # the eval window past the end of its split
-            raise InputError(one_line(e)) from None
+        check_eval_window(cfg.env, cfg.env_kwargs, cfg.split, lambda ids: ids[: cfg.num_train_tasks],
+                          cfg.eval.split, cfg.eval.task_ids)
     if cfg.resume and not Path(cfg.output_dir).is_dir():
         raise InputError(f"--resume: {cfg.output_dir} does not exist; nothing to resume (drop --resume to start)")
     return cfg
@@ -100,9 +97,6 @@ def main(argv: list[str] | None = None) -> None:
     from madopd_envs.vector_ray import RayBackendError
 
     argv = sys.argv[1:] if argv is None else argv
-    if {"-h", "--help"} & set(argv):
-        print(__doc__)
-        return
 
     def run() -> None:
         from madopd_distill.trainer import train
@@ -113,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"eval success: before {before['eval_success_rate']:.3f} -> after {after['eval_success_rate']:.3f}")
 
     # Ray missing, cluster unreachable, too few CPUs: one line, exit 2, like any other bad input.
-    run_cli(run, errors=(RayBackendError,))
+    run_cli(run, errors=(RayBackendError,), argv=argv, doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -31,9 +31,9 @@ from madopd_agents.zoo import _save_folder, build_tokenizer, tiny_qwen3
 from madopd_distill.batch import micro_batches
 from madopd_distill.trainer import load_causal_lm, student_forward
 from madopd_distill.trajectory import Sample
-from madopd_distill.zoo.build import EpisodeEval, generate, parse_action, to_sample
+from madopd_distill.zoo.build import EpisodeEval, generate, parse_action, to_sample, train_samples
 from madopd_distill.zoo.data import action_reply, collect_states
-from madopd_distill.zoo.recipe import Recipe, TaskRange
+from madopd_distill.zoo.recipe import Recipe, TrainSpec
 
 T0 = time.perf_counter()
 
@@ -85,39 +85,12 @@ def corpus(tok, st, noise: float, seed: int) -> list[Sample]:
     return out
 
 
-def fit(model, tok, samples: list[Sample], steps: int, lr: float, seed: int, batch: int = 32, warmup: int = 20,
-        check=None, check_every: int = 50) -> int:
-    """AdamW, linear warm-up then constant; ``check(step) -> bool`` every ``check_every`` steps stops it."""
-    rng = random.Random(seed)
-    torch.manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
-    order: list[int] = []
-    recent: list[float] = []
-    for step in range(1, steps + 1):
-        model.train()
-        if len(order) < batch:
-            more = list(range(len(samples)))
-            rng.shuffle(more)
-            order += more
-        chunk, order = [samples[i] for i in order[:batch]], order[batch:]
-        opt.zero_grad(set_to_none=True)
-        total = 0.0
-        for b in micro_batches(chunk, "token_mean", tok.pad_token_id, 16384):
-            loss = -(b.reduce_weight * student_forward(model, b).token_logprobs).sum()
-            loss.backward()
-            total += float(loss.detach())
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        recent = (recent + [total])[-20:]
-        if step % check_every == 0:
-            model.eval()
-            log(f"  step {step} loss {sum(recent) / len(recent):.4f}")
-            if check is not None and check(step):
-                return step
-    model.eval()
-    return steps
+def fit(model, tok, samples: list[Sample], steps: int, lr: float, seed: int, check=None, check_every: int = 50) -> int:
+    """The zoo build's trainer (batch 32, 20 warm-up steps); ``check(step) -> bool`` every ``check_every``
+    steps stops it. Returns the steps taken."""
+    spec = TrainSpec(steps=steps, batch_samples=32, lr=lr, warmup_steps=20)
+    stop = None if check is None else (lambda step: step % check_every == 0 and check(step))
+    return train_samples(model, tok, samples, spec, seed, "pilot", stop=stop)["steps"]
 
 
 def measure(model, tok, held, teacher_actions=None) -> dict:
@@ -173,13 +146,13 @@ def main() -> None:
     episodes = EpisodeEval(rec)
     if "teacher" in a.stages:
         model = tiny_qwen3(tok, size="S", seed=0)
-        fit(model, tok, pre, a.teacher_pretrain, 3e-3, 0, check_every=250)
+        fit(model, tok, pre, a.teacher_pretrain, 3e-3, 0)
         m = measure(model, tok, st["held"])
         record(model="teacher_base", steps=a.teacher_pretrain, noise=a.noise, **m,
                **episodes(HFAgent(model, tok, name="t", batch_size=32)))
         _save_folder(a.work / "teacher_base", model, tok)
         sft = [to_sample(tok, s.context, action_reply(s.expert_action)) for s in st["train"]]
-        fit(model, tok, sft, a.teacher_sft, 1e-3, 1, check_every=50)
+        fit(model, tok, sft, a.teacher_sft, 1e-3, 1)
         m = measure(model, tok, st["held"])
         record(model="teacher", **m, **episodes(HFAgent(model, tok, name="t", batch_size=32)))
         _save_folder(a.work / "teacher", model, tok)

@@ -27,7 +27,7 @@ import json
 import random
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -71,11 +71,17 @@ def to_sample(tok: Any, conv: Conversation, target: str) -> Sample:
 def train(model: Any, tok: Any, pairs: Sequence[Pair], spec: TrainSpec, seed: int, what: str) -> dict[str, float]:
     """Cross-entropy on the targets, ``spec.steps`` steps of ``spec.batch_samples`` samples (epochs of a
     seeded shuffle), linear warm-up then constant learning rate."""
+    return train_samples(model, tok, [to_sample(tok, c, t) for c, t in pairs], spec, seed, what)
+
+
+def train_samples(model: Any, tok: Any, samples: Sequence[Sample], spec: TrainSpec, seed: int, what: str,
+                  stop: Callable[[int], bool] | None = None) -> dict[str, float]:
+    """:func:`train` on ready samples (their loss masks say which tokens count); ``stop(step)``, called
+    after every step, ends training early when it returns true."""
     from madopd_distill.trainer import student_forward
 
-    if spec.steps == 0 or not pairs:
+    if spec.steps == 0 or not samples:
         return {"steps": 0, "loss_first": float("nan"), "loss_last": float("nan")}
-    samples = [to_sample(tok, c, t) for c, t in pairs]
     rng = random.Random(seed)
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.0)
@@ -104,7 +110,7 @@ def train(model: Any, tok: Any, pairs: Sequence[Pair], spec: TrainSpec, seed: in
         converged = spec.until_loss is not None and len(losses) >= 20 and recent < spec.until_loss
         if (step + 1) % max(1, spec.steps // 5) == 0 or converged:
             log(f"{what}: step {step + 1}/{spec.steps} loss {recent:.4f}{' (converged)' if converged else ''}")
-        if converged:
+        if converged or (stop is not None and stop(step + 1)):
             break
     model.eval()
     k = max(1, min(20, len(losses) // 5))

@@ -83,13 +83,16 @@ def seed_band(curves: np.ndarray, draws: int = 1000, seed: int = 0) -> tuple[np.
             return np.nanmean(c, axis=0), lo, hi
 
 
-def verdict(diff: Interval, direction: str) -> str:
+def verdict(diff: Interval, direction: str, tolerance: float = 0.0) -> str:
     """``replicated`` when the interval of (method - baseline) lies wholly on the claimed side of 0,
-    ``not replicated`` when it lies wholly on the other side, else ``inconclusive``."""
-    if direction not in ("greater", "less"):
-        raise ValueError(f"direction must be greater or less, got {direction!r}")
+    ``not replicated`` when it lies wholly on the other side, else ``inconclusive``. ``at_least`` (a
+    match): ``replicated`` when the interval lies above ``-tolerance``, ``not replicated`` when wholly below 0."""
+    if direction not in ("greater", "less", "at_least"):
+        raise ValueError(f"direction must be greater, less or at_least, got {direction!r}")
     if np.isnan(diff.mean):
         return "inconclusive"
+    if direction == "at_least":
+        return "not replicated" if diff.hi < 0 else "replicated" if diff.lo > -tolerance else "inconclusive"
     up, down = diff.lo > 0, diff.hi < 0
     if (up and direction == "greater") or (down and direction == "less"):
         return "replicated"

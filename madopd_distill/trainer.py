@@ -37,7 +37,8 @@ from madopd_distill.distributed import (all_sum, average_gradients, data_paralle
 from madopd_distill.methods import build_method
 from madopd_distill.methods.base import LossOutput, Method, MethodContext, StudentOutput
 from madopd_distill.preflight import check_disjoint
-from madopd_distill.rollout import Episode, RolloutCollector, RolloutPrompt, TaskSampler, Trajectory, group_episodes
+from madopd_distill.rollout import (Episode, RolloutCollector, RolloutPlan, RolloutPrompt, Sample, TaskSampler, Trajectory,
+                                   group_episodes, turn_sample)
 from madopd_distill.teachers import HFTeacher, OpenAITeacher, Teacher, VLLMTeacher, causal_lm_logits
 from madopd_envs.profile import Profile
 
@@ -150,7 +151,9 @@ class RolloutConfig:
 class EvalConfig:
     """A fixed eval set: tasks ``first_task .. first_task + num_tasks - 1`` of ``split`` (0 = no eval),
     played greedily (``temperature``) before training, every ``every`` steps (0 = only before and
-    after) and at the end.
+    after) and at the end. ``probe_states`` > 0 (with a ``ref_teacher``): each eval also logs
+    ``probe/kl_token`` and ``probe/agreement`` on that many fixed states, the first ones the reference
+    teacher meets playing the eval tasks (collected once; see :func:`probe_states`).
 
     Held-out tasks of the *training* split (``split=train``, ``first_task`` past the training tasks)
     measure learning on the training distribution: TextWorldExpress draws its valid/test folds from
@@ -162,10 +165,11 @@ class EvalConfig:
     first_task: int = 0
     every: int = 0
     temperature: float = 0.0
+    probe_states: int = 0
 
     def __post_init__(self) -> None:
-        if min(self.num_tasks, self.first_task, self.every) < 0 or self.temperature < 0:
-            raise ValueError("eval: num_tasks, first_task, every and temperature must be >= 0")
+        if min(self.num_tasks, self.first_task, self.every, self.probe_states) < 0 or self.temperature < 0:
+            raise ValueError("eval: num_tasks, first_task, every, probe_states and temperature must be >= 0")
 
     def task_ids(self, all_ids: Sequence[str]) -> list[str]:
         ids = list(all_ids)[self.first_task: self.first_task + self.num_tasks]
@@ -230,8 +234,15 @@ class TrainConfig:
     profile: bool = False  # print where the time went (env, prefill, decode, teacher, loss, optimizer, I/O)
 
     def __post_init__(self) -> None:
-        if not self.teachers:
-            raise ValueError("at least one teacher is needed")
+        from madopd_distill.methods import METHODS, method_class
+
+        if self.method in METHODS:  # (an unknown method is named by preflight.check_method)
+            needs = method_class(self.method)
+            if needs.needs_teacher and not self.teachers:
+                raise ValueError(f"method {self.method} needs at least one teacher")
+            if self.rollout.group_size < needs.min_group_size:
+                raise ValueError(f"method {self.method} compares episodes of the same task: it needs "
+                                 f"rollout.group_size >= {needs.min_group_size}, got {self.rollout.group_size}")
         if self.steps < 0 or self.micro_batch_tokens < 1:
             raise ValueError("steps must be >= 0 and micro_batch_tokens >= 1")
 
@@ -460,6 +471,7 @@ def episode_metrics(trajs: Sequence[Trajectory], prefix: str = "") -> dict[str, 
         f"{prefix}success_rate": sum(t.won for t in ok) / n,
         f"{prefix}score": sum(t.score for t in ok) / n,
         f"{prefix}episode_steps": sum(t.num_steps for t in ok) / n,
+        f"{prefix}env_steps": sum(t.num_steps for t in trajs),
         f"{prefix}episodes": len(trajs),
         f"{prefix}errored": len(trajs) - len(ok),
     }
@@ -468,8 +480,6 @@ def episode_metrics(trajs: Sequence[Trajectory], prefix: str = "") -> dict[str, 
 def evaluate(collector: RolloutCollector, task_ids: Sequence[str], split: str, sampling: SamplingParams,
              max_env_steps: int | None) -> dict[str, float]:
     """Success on a fixed task list, one episode each, with the collector's current student."""
-    from madopd_distill.rollout import RolloutPlan
-
     eps = [Episode(t, i, split) for i, t in enumerate(task_ids)]
     saved, collector.max_invalid_actions = collector.max_invalid_actions, None  # eval plays episodes out
     try:
@@ -506,8 +516,77 @@ def _vllm_student(checkpoint: Path, tokenizer: Any, engine_kwargs: dict[str, Any
 
 
 # -- the loop --------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """What the loop's phases share; built once by :func:`start_run`."""
+
+    cfg: TrainConfig
+    out_dir: Path
+    accelerator: Any
+    ddp: bool
+    model: Any
+    tokenizer: Any
+    teachers: dict[str, CountingTeacher]
+    teacher_agents: dict[str, CountingAgent]
+    ref_teacher: Teacher | None
+    ref_agent: Any
+    method: Method
+    optimizer: Any
+    scheduler: Any
+    collector: RolloutCollector
+    sampler: TaskSampler
+    eval_ids: list[str]
+    eval_sampling: SamplingParams
+    logger: StepLogger
+    start: int
+    prof: Profile = field(default_factory=Profile)  # --profile: the run's phases (each record has time_*_s)
+    results: dict[str, Any] = field(default_factory=dict)
+    probe: list[Sample] | None = None  # the fixed held-out states of the probe/* curves, collected once
+
+
+@dataclass
+class Learned:
+    """What :func:`learn` leaves for the step's record: losses, per-row KLs and timings."""
+
+    samples: int = 0
+    any_samples: bool = False
+    loss: float = 0.0
+    kl: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    kl_traj: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    ref_kl: torch.Tensor | None = None
+    extra: dict[str, list[float]] = field(default_factory=dict)
+    t_teacher: float = 0.0
+    t_loss: float = 0.0
+    t_ref: float = 0.0
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run on-policy distillation; returns the last step's record (and eval results)."""
+    """Run on-policy distillation; returns the last step's record (and eval results). Top to bottom:
+    start (models, teachers, method, optimizer, envs; resume), the "before" eval, then per step
+    rollouts -> samples, teacher scores and loss -> optimizer step -> log -> eval / checkpoint."""
+    run = start_run(cfg)
+    record: dict[str, Any] = {}
+    try:
+        if run.start == 0 and not already_logged(run, "before", 0):
+            run_eval(run, 0, "before")
+        for step in range(run.start, cfg.steps):
+            record = train_step(run, step)
+            after_step(run, step + 1)
+        if not already_logged(run, "after", cfg.steps):
+            run_eval(run, cfg.steps, "after")
+    finally:
+        with run.prof.phase("env shutdown"):
+            run.collector.close()
+        run.logger.close()
+    if cfg.profile:
+        run.accelerator.print(f"\nwhere the time went ({cfg.steps - run.start} steps; rank "
+                              f"{run.accelerator.process_index}):\n{run.prof.table()}")
+    return {"last": record, **run.results}
+
+
+def start_run(cfg: TrainConfig) -> Run:
+    """Models (the student, trained; the teachers, frozen; one tokenizer), the method, the optimizer,
+    the resumed state, the logger and the env workers."""
     from accelerate import Accelerator
 
     from madopd_agents.hf import HFAgent
@@ -522,16 +601,18 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
 
-    # Models: the student (trained) and the teachers (frozen), all sharing one tokenizer.
     model, tokenizer = load_causal_lm(cfg.student, cfg.dtype)
     model.to(accelerator.device)
     teachers, teacher_agents = build_teachers(cfg.teachers, tokenizer, cfg.dtype, accelerator.device)
-    ref_teacher = None  # the reference of ref/kl_*: a configured teacher (same path) is reused, not reloaded
+    ref_teacher, ref_agent = None, None  # the reference of ref/* and probe/*: a configured teacher is reused
     if cfg.ref_teacher is not None:
         same = [s.name for s in cfg.teachers if (s.backend, s.path, s.base_url, s.model) == (
             cfg.ref_teacher.backend, cfg.ref_teacher.path, cfg.ref_teacher.base_url, cfg.ref_teacher.model)]
-        ref_teacher = teachers[same[0]] if same else \
-            build_teachers([cfg.ref_teacher], tokenizer, cfg.dtype, accelerator.device)[0][cfg.ref_teacher.name]
+        if same:
+            ref_teacher, ref_agent = teachers[same[0]], teacher_agents.get(same[0])
+        else:
+            ts, ags = build_teachers([cfg.ref_teacher], tokenizer, cfg.dtype, accelerator.device)
+            ref_teacher, ref_agent = ts[cfg.ref_teacher.name], ags.get(cfg.ref_teacher.name)
     teachers = {k: CountingTeacher(v) for k, v in teachers.items()}
     teacher_agents = {k: CountingAgent(v) for k, v in teacher_agents.items()}
     prompt = RolloutPrompt.for_env(cfg.env, **cfg.prompt)
@@ -570,179 +651,256 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                                  max_invalid_actions=cfg.rollout.max_invalid_actions, env_kwargs=cfg.env_kwargs,
                                  vec_options=cfg.workers.vec_options())
     train_ids = collector.vec.call("tasks", cfg.split, indices=[0])[0][: cfg.num_train_tasks]
-    sampler = TaskSampler(train_ids, seed=cfg.seed * 7919)  # the global batch; each process plays its shard
     eval_ids = cfg.eval.task_ids(collector.vec.call("tasks", cfg.eval.split, indices=[0])[0])
     check_disjoint(cfg.split, train_ids, cfg.eval.split, eval_ids)
-    eval_sampling = SamplingParams(temperature=cfg.eval.temperature, max_new_tokens=cfg.rollout.max_new_tokens)
-    results: dict[str, Any] = {}
+    return Run(cfg=cfg, out_dir=out_dir, accelerator=accelerator, ddp=ddp, model=model, tokenizer=tokenizer,
+               teachers=teachers, teacher_agents=teacher_agents, ref_teacher=ref_teacher, ref_agent=ref_agent,
+               method=method, optimizer=optimizer, scheduler=scheduler, collector=collector,
+               sampler=TaskSampler(train_ids, seed=cfg.seed * 7919),  # the global batch; each process plays its shard
+               eval_ids=eval_ids, logger=logger, start=start,
+               eval_sampling=SamplingParams(temperature=cfg.eval.temperature, max_new_tokens=cfg.rollout.max_new_tokens))
 
-    prof = Profile()  # --profile: the run's phases from here on (each step's record carries them as time_*_s)
 
-    def run_eval(step: int, when: str) -> None:
-        if not eval_ids:
-            return
-        with prof.phase("eval"):
-            m = evaluate(collector, eval_ids, cfg.eval.split, eval_sampling, cfg.rollout.max_env_steps)
-        logger.log({"kind": "eval", "step": step, "when": when, **m})
-        results[f"eval_{when}"] = m
-        accelerator.print(f"[eval {when} step {step}] success {m['eval_success_rate']:.3f} score {m['eval_score']:.3f}")
+def train_step(run: Run, step: int) -> dict[str, Any]:
+    """One optimizer step: rollouts, the loss over them, the update; returns (and logs) its record."""
+    cfg = run.cfg
+    torch.manual_seed(cfg.seed * 100_003 + step)  # reproducible sampling per step, also after resume
+    t0 = time.perf_counter()
+    # the step's teacher costs, rollouts included (guided turns, debates, judgements)
+    scored0 = sum(t.scored for t in run.teachers.values())
+    generated0 = sum(a.generated for a in run.teacher_agents.values())
+    if cfg.rollout.backend == "vllm" and (step - run.start) % cfg.rollout.reload_every == 0:
+        sync_vllm_student(run, step)
+    trajs, stats, t_roll, phases = play(run, step)
+    learned = learn(run, step, trajs)
+    grad_norm, t_opt = optimizer_step(run, learned.any_samples)
 
-    def logged(when: str, step: int) -> bool:  # an eval a resumed run already has (its log is cut at the checkpoint)
-        return logger.path.exists() and any(
-            r.get("kind") == "eval" and r.get("when") == when and r.get("step") == step
-            for r in map(json.loads, filter(str.strip, logger.path.read_text().splitlines())))
+    kl, traj_of = learned.kl, learned.kl_traj
+    per_traj = [float(kl[traj_of == k].sum()) for k in sorted(set(traj_of.tolist()))]
+    ref_metrics: dict[str, float] = {}
+    if learned.ref_kl is not None:
+        rkl = learned.ref_kl
+        ref_traj = [float(rkl[traj_of == k].sum()) for k in sorted(set(traj_of.tolist()))]
+        ref_metrics = {"ref/kl_token": float(rkl.mean()) if rkl.numel() else 0.0,
+                       "ref/kl_traj": sum(ref_traj) / len(ref_traj) if ref_traj else 0.0,
+                       "time_ref_s": learned.t_ref}
+    elapsed = time.perf_counter() - t0 - learned.t_ref  # the measurement is not the method's cost
+    loss_sum, trained, kl_mean = learned.loss, int(kl.numel()), float(kl.mean()) if kl.numel() else 0.0
+    if run.ddp:  # global figures; each process's loss is (its share of the global loss) x world size
+        n = run.accelerator.num_processes
+        loss_all, trained_all, kl_all = all_sum([loss_sum, trained, float(kl.sum())], run.accelerator)
+        loss_sum, trained = loss_all / n, int(trained_all)
+        kl_mean = kl_all / trained if trained else 0.0
+    record = {
+        "kind": "train", "step": step + 1, "loss": loss_sum,
+        "kl_token_mean": kl_mean,
+        "kl_trajectory_mean": sum(per_traj) / len(per_traj) if per_traj else 0.0,
+        **episode_metrics(trajs),
+        "samples": learned.samples, "trained_tokens": trained, "num_processes": run.accelerator.num_processes,
+        "trained_tokens_local": int(kl.numel()),
+        "sampled_tokens": stats.sampled_tokens, "rollout_tokens_per_s": stats.tokens_per_second,
+        "tokens_per_s": int(kl.numel()) / elapsed if elapsed > 0 else 0.0,
+        "time_rollout_s": t_roll, "time_teacher_s": learned.t_teacher, "time_step_s": elapsed,
+        **{f"time_{k.replace(' (other)', '_other')}_s": v for k, v in phases.items()},
+        "time_loss_s": learned.t_loss, "time_optimizer_s": t_opt,
+        "lr": run.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+        "cost/teacher_tokens_scored": sum(t.scored for t in run.teachers.values()) - scored0,
+        "cost/teacher_tokens_generated": sum(a.generated for a in run.teacher_agents.values()) - generated0,
+        **ref_metrics,
+        **{k: sum(v) / len(v) for k, v in learned.extra.items()},
+        **run.method.log_metrics(trajs, step),
+    }
+    rest = max(0.0, elapsed - t_roll - learned.t_teacher - learned.t_loss - t_opt)
+    for k, v in {**phases, "teacher": learned.t_teacher, "loss (student fwd+bwd)": learned.t_loss,
+                 "optimizer": t_opt, "samples, collate, weights": rest}.items():
+        run.prof.add(k, v)
+    if learned.t_ref:
+        run.prof.add("reference KL (measurement)", learned.t_ref)
+    t_io = time.perf_counter()
+    run.logger.log(record)
+    run.prof.add("I/O (log)", time.perf_counter() - t_io)
+    run.accelerator.print(f"[step {step + 1}/{cfg.steps}] loss {record['loss']:.4f} kl/token "
+                          f"{record['kl_token_mean']:.4f} success {record['success_rate']:.2f} ({elapsed:.1f}s)")
+    return record
 
-    if start == 0 and not logged("before", 0):
-        run_eval(0, "before")
-    record: dict[str, Any] = {}
+
+def sync_vllm_student(run: Run, step: int) -> None:
+    """``rollout.backend=vllm``: the engine must sample the current weights, so it is reloaded from the
+    step's checkpoint (written now if missing); the previous engine goes first (one engine's memory)."""
+    ck = latest_checkpoint(run.out_dir)
+    if ck is None or ck.name != f"step-{step:06d}":
+        ck = save_checkpoint(run.out_dir, step, run.accelerator, run.model, run.tokenizer, {"seed": run.cfg.seed},
+                             run.cfg.keep_checkpoints)
+    if hasattr(run.collector.student, "llm"):
+        run.collector.student.close()
+        import gc
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    run.collector.student = _vllm_student(ck, run.tokenizer, run.cfg.rollout.vllm_args)
+
+
+def play(run: Run, step: int) -> tuple[list[Trajectory], Any, float, dict[str, float]]:
+    """1. The step's rollouts, shaped by the method's plans: (trajectories, collector stats, seconds,
+    seconds per phase)."""
+    cfg, collector = run.cfg, run.collector
+    t0 = time.perf_counter()
+    tasks = run.sampler.sample(step, cfg.rollout.tasks_per_step)
+    episodes = group_episodes(tasks, cfg.rollout.group_size, cfg.split, first_group=step * 10_000)
+    episodes = shard_episodes(episodes, run.accelerator.process_index, run.accelerator.num_processes)
+    gen0 = dict(getattr(collector.student, "timings", None) or {})
+    trajs = run.method.collect(collector, episodes, step)
+    if hasattr(collector.student, "clear_cache"):  # the optimizer step invalidates the prefix cache:
+        collector.student.clear_cache()  # free its memory before the loss instead of after
+    stats = collector.last_stats
+    t_roll = time.perf_counter() - t0
+    gen = {k: v - gen0.get(k, 0.0) for k, v in (getattr(collector.student, "timings", None) or {}).items()}
+    phases = {"env": stats.env_seconds, **gen,
+              "rollout (other)": max(0.0, t_roll - stats.env_seconds - sum(gen.values()))}
+    return trajs, stats, t_roll, phases
+
+
+def learn(run: Run, step: int, trajs: Sequence[Trajectory]) -> Learned:
+    """2. samples -> 3. teacher scores -> 4. weights -> 5. loss and backward, micro-batch by micro-batch
+    (gradients accumulate; the optimizer steps after)."""
+    cfg, method, model, accelerator = run.cfg, run.method, run.model, run.accelerator
+    samples = method.make_samples(trajs, step)
+    model.train()
+    run.optimizer.zero_grad(set_to_none=True)
+    out = Learned(samples=len(samples), any_samples=bool(samples))
+    kl_rows, kl_traj, ref_rows = [], [], []
+    scale = 1.0
+    if run.ddp:  # the reduction over the global batch, not per process
+        local = reduction_count(samples, method.cfg.reduction)
+        total, n_samples = all_sum([local, len(samples)], accelerator)
+        scale, out.any_samples = global_scale(local, total, accelerator.num_processes), n_samples > 0
+    sync = accelerator.no_sync(model) if run.ddp else contextlib.nullcontext()
+    with sync:
+        for batch in micro_batches(samples, method.cfg.reduction, run.tokenizer.pad_token_id, cfg.micro_batch_tokens):
+            if scale != 1.0:
+                batch.reduce_weight = batch.reduce_weight * scale
+            ts = time.perf_counter()
+            scores = method.score(batch, step)
+            out.t_teacher += time.perf_counter() - ts
+            tl = time.perf_counter()
+            student = student_forward(model, batch, method.cfg.temperature, hidden=method.needs_student_hidden)
+            dev = student.logits.device  # collate and teachers give CPU tensors; the student may be on a GPU
+            batch, scores = batch.to(dev), [s.to(dev) for s in scores]
+            weights = method.token_weights(batch, scores, step).to(dev)
+            lo: LossOutput = method.loss(student, scores, weights, batch, step)
+            if lo.loss.requires_grad:  # a micro-batch whose weights are all zero has nothing to learn
+                accelerator.backward(lo.loss)
+            out.t_loss += time.perf_counter() - tl
+            out.loss += float(lo.loss.detach())
+            kl_rows.append(lo.token_kl.cpu())
+            kl_traj.append(batch.row_traj.cpu())
+            if run.ref_teacher is not None:
+                tr = time.perf_counter()
+                plain = type(method).score is Method.score and scores and scores[0].full and \
+                    run.teachers[next(iter(run.teachers))].inner is run.ref_teacher and \
+                    all(s.teacher_input_ids is None for s in batch.samples)
+                ref_rows.append(reference_kl(run.ref_teacher, student, batch, scores[0] if plain else None).cpu())
+                out.t_ref += time.perf_counter() - tr
+            for k, v in lo.metrics.items():
+                out.extra.setdefault(k, []).append(float(v))
+    if run.ddp and out.any_samples:
+        average_gradients(model, accelerator)
+    if kl_rows:
+        out.kl, out.kl_traj = torch.cat(kl_rows), torch.cat(kl_traj)
+    if run.ref_teacher is not None:
+        out.ref_kl = torch.cat(ref_rows) if ref_rows else torch.zeros(0)
+    return out
+
+
+def optimizer_step(run: Run, any_samples: bool) -> tuple[float | None, float]:
+    """The update (skipped when no process had a sample; the schedule still advances): (grad norm, seconds)."""
+    t = time.perf_counter()
+    grad_norm = None
+    if any_samples:
+        if run.cfg.optim.grad_clip:
+            grad_norm = float(run.accelerator.clip_grad_norm_(run.model.parameters(), run.cfg.optim.grad_clip))
+        run.optimizer.step()
+    run.scheduler.step()
+    return grad_norm, time.perf_counter() - t
+
+
+def after_step(run: Run, done: int) -> None:
+    """The in-training eval every ``eval.every`` steps, then the checkpoint (so a resume from it has every
+    record up to it)."""
+    cfg = run.cfg
+    if cfg.eval.every and done % cfg.eval.every == 0 and done != cfg.steps:
+        run_eval(run, done, f"step{done}")
+    if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps:
+        with run.prof.phase("I/O (checkpoints)"):
+            save_checkpoint(run.out_dir, done, run.accelerator, run.model, run.tokenizer, {"seed": cfg.seed},
+                            cfg.keep_checkpoints)
+
+
+def run_eval(run: Run, step: int, when: str) -> None:
+    """Held-out success on the fixed eval tasks, and where a reference teacher is given the ``probe/*``
+    figures on the fixed probe states; one ``eval`` record."""
+    if not run.eval_ids:
+        return
+    with run.prof.phase("eval"):
+        m = evaluate(run.collector, run.eval_ids, run.cfg.eval.split, run.eval_sampling, run.cfg.rollout.max_env_steps)
+        if run.cfg.eval.probe_states and run.ref_teacher is not None:
+            if run.probe is None:
+                run.probe = probe_states(run)
+            m.update(probe(run))
+    run.logger.log({"kind": "eval", "step": step, "when": when, **m})
+    run.results[f"eval_{when}"] = m
+    run.accelerator.print(f"[eval {when} step {step}] success {m['eval_success_rate']:.3f} score {m['eval_score']:.3f}")
+
+
+def already_logged(run: Run, when: str, step: int) -> bool:
+    """An eval a resumed run already has (its log is cut at the checkpoint)."""
+    path = run.logger.path
+    return path.exists() and any(
+        r.get("kind") == "eval" and r.get("when") == when and r.get("step") == step
+        for r in map(json.loads, filter(str.strip, path.read_text().splitlines())))
+
+
+# -- the fixed probe set ---------------------------------------------------------------------------
+def probe_states(run: Run) -> list[Sample]:
+    """The first ``eval.probe_states`` states the reference teacher meets playing the eval tasks greedily,
+    each with the teacher's own reply: fixed for the whole run (and the same after a resume), so the
+    curves measure the student moving toward the teacher, not the student's own drift."""
+    if run.ref_agent is None:
+        raise ValueError("eval.probe_states needs a reference teacher that can play (a local hf teacher)")
+    collector = run.collector
+    student, collector.student = collector.student, run.ref_agent
+    saved, collector.max_invalid_actions = collector.max_invalid_actions, None
     try:
-        for step in range(start, cfg.steps):
-            torch.manual_seed(cfg.seed * 100_003 + step)  # reproducible sampling per step, also after resume
-            t0 = time.perf_counter()
-            # the step's teacher costs, rollouts included (guided turns, debates, judgements)
-            scored0 = sum(t.scored for t in teachers.values())
-            generated0 = sum(a.generated for a in teacher_agents.values())
-            if cfg.rollout.backend == "vllm" and (step - start) % cfg.rollout.reload_every == 0:
-                ck = latest_checkpoint(out_dir)
-                if ck is None or ck.name != f"step-{step:06d}":  # the engine must sample the current weights
-                    ck = save_checkpoint(out_dir, step, accelerator, model, tokenizer, {"seed": cfg.seed},
-                                         cfg.keep_checkpoints)
-                if hasattr(collector.student, "llm"):  # the previous engine goes first: one engine's memory at a time
-                    collector.student.close()
-                    import gc
-
-                    gc.collect()
-                    if torch.cuda.is_available():
-                        torch.cuda.empty_cache()
-                collector.student = _vllm_student(ck, tokenizer, cfg.rollout.vllm_args)
-
-            # 1. rollouts (shaped by the method's plans)
-            tasks = sampler.sample(step, cfg.rollout.tasks_per_step)
-            episodes = group_episodes(tasks, cfg.rollout.group_size, cfg.split, first_group=step * 10_000)
-            episodes = shard_episodes(episodes, accelerator.process_index, accelerator.num_processes)
-            gen0 = dict(getattr(collector.student, "timings", None) or {})
-            trajs = method.collect(collector, episodes, step)
-            if hasattr(collector.student, "clear_cache"):  # the optimizer step invalidates the prefix cache:
-                collector.student.clear_cache()  # free its memory before the loss instead of after
-            stats = collector.last_stats
-            t_roll = time.perf_counter() - t0
-            gen = {k: v - gen0.get(k, 0.0) for k, v in (getattr(collector.student, "timings", None) or {}).items()}
-            phases = {"env": stats.env_seconds, **gen,
-                      "rollout (other)": max(0.0, t_roll - stats.env_seconds - sum(gen.values()))}
-            t_loss = 0.0
-
-            # 2. samples -> 3. teacher scores -> 4. weights -> 5. loss, micro-batch by micro-batch
-            samples = method.make_samples(trajs, step)
-            model.train()
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum, kl_rows, kl_traj, extra, ref_rows = 0.0, [], [], {}, []
-            t_teacher, t_ref = 0.0, 0.0
-            scale, any_samples = 1.0, bool(samples)
-            if ddp:  # the reduction over the global batch, not per process
-                local = reduction_count(samples, method.cfg.reduction)
-                total, n_samples = all_sum([local, len(samples)], accelerator)
-                scale, any_samples = global_scale(local, total, accelerator.num_processes), n_samples > 0
-            sync = accelerator.no_sync(model) if ddp else contextlib.nullcontext()
-            sync.__enter__()  # (not a `with`: the loop below stays as it reads for one process)
-            for batch in micro_batches(samples, method.cfg.reduction, tokenizer.pad_token_id, cfg.micro_batch_tokens):
-                if scale != 1.0:
-                    batch.reduce_weight = batch.reduce_weight * scale
-                ts = time.perf_counter()
-                scores = method.score(batch, step)
-                t_teacher += time.perf_counter() - ts
-                tl = time.perf_counter()
-                student = student_forward(model, batch, method.cfg.temperature, hidden=method.needs_student_hidden)
-                dev = student.logits.device  # collate and teachers give CPU tensors; the student may be on a GPU
-                batch, scores = batch.to(dev), [s.to(dev) for s in scores]
-                weights = method.token_weights(batch, scores, step).to(student.logits.device)
-                out: LossOutput = method.loss(student, scores, weights, batch, step)
-                if out.loss.requires_grad:  # a micro-batch whose weights are all zero has nothing to learn
-                    accelerator.backward(out.loss)
-                t_loss += time.perf_counter() - tl
-                loss_sum += float(out.loss.detach())
-                kl_rows.append(out.token_kl.cpu())
-                kl_traj.append(batch.row_traj.cpu())
-                if ref_teacher is not None:
-                    tr = time.perf_counter()
-                    plain = type(method).score is Method.score and scores and scores[0].full and \
-                        teachers[next(iter(teachers))].inner is ref_teacher and \
-                        all(s.teacher_input_ids is None for s in batch.samples)
-                    ref_rows.append(reference_kl(ref_teacher, student, batch, scores[0] if plain else None).cpu())
-                    t_ref += time.perf_counter() - tr
-                for k, v in out.metrics.items():
-                    extra.setdefault(k, []).append(float(v))
-            sync.__exit__(None, None, None)
-            if ddp and any_samples:
-                average_gradients(model, accelerator)
-            t_opt = time.perf_counter()
-            grad_norm = None
-            if any_samples:
-                if cfg.optim.grad_clip:
-                    grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip))
-                optimizer.step()
-            scheduler.step()
-            t_opt = time.perf_counter() - t_opt
-
-            # 6. log
-            kl = torch.cat(kl_rows) if kl_rows else torch.zeros(0)
-            traj_of = torch.cat(kl_traj) if kl_traj else torch.zeros(0, dtype=torch.long)
-            per_traj = [float(kl[traj_of == k].sum()) for k in sorted(set(traj_of.tolist()))]
-            ref_metrics: dict[str, float] = {}
-            if ref_teacher is not None:
-                rkl = torch.cat(ref_rows) if ref_rows else torch.zeros(0)
-                ref_traj = [float(rkl[traj_of == k].sum()) for k in sorted(set(traj_of.tolist()))]
-                ref_metrics = {"ref/kl_token": float(rkl.mean()) if rkl.numel() else 0.0,
-                               "ref/kl_traj": sum(ref_traj) / len(ref_traj) if ref_traj else 0.0,
-                               "time_ref_s": t_ref}
-            elapsed = time.perf_counter() - t0 - t_ref  # the measurement is not the method's cost
-            trained, kl_mean = int(kl.numel()), float(kl.mean()) if kl.numel() else 0.0
-            if ddp:  # global figures; each process's loss is (its share of the global loss) x world size
-                loss_all, trained_all, kl_all = all_sum([loss_sum, trained, float(kl.sum())], accelerator)
-                loss_sum, trained = loss_all / accelerator.num_processes, int(trained_all)
-                kl_mean = kl_all / trained if trained else 0.0
-            record = {
-                "kind": "train", "step": step + 1, "loss": loss_sum,
-                "kl_token_mean": kl_mean,
-                "kl_trajectory_mean": sum(per_traj) / len(per_traj) if per_traj else 0.0,
-                **episode_metrics(trajs),
-                "samples": len(samples), "trained_tokens": trained, "num_processes": accelerator.num_processes,
-                "trained_tokens_local": int(kl.numel()),
-                "sampled_tokens": stats.sampled_tokens, "rollout_tokens_per_s": stats.tokens_per_second,
-                "tokens_per_s": int(kl.numel()) / elapsed if elapsed > 0 else 0.0,
-                "time_rollout_s": t_roll, "time_teacher_s": t_teacher, "time_step_s": elapsed,
-                **{f"time_{k.replace(' (other)', '_other')}_s": v for k, v in phases.items()},
-                "time_loss_s": t_loss, "time_optimizer_s": t_opt,
-                "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                "cost/teacher_tokens_scored": sum(t.scored for t in teachers.values()) - scored0,
-                "cost/teacher_tokens_generated": sum(a.generated for a in teacher_agents.values()) - generated0,
-                **ref_metrics,
-                **{k: sum(v) / len(v) for k, v in extra.items()},
-                **method.log_metrics(trajs, step),
-            }
-            rest = max(0.0, elapsed - t_roll - t_teacher - t_loss - t_opt)
-            for k, v in {**phases, "teacher": t_teacher, "loss (student fwd+bwd)": t_loss, "optimizer": t_opt,
-                         "samples, collate, weights": rest}.items():
-                prof.add(k, v)
-            if t_ref:
-                prof.add("reference KL (measurement)", t_ref)
-            t_io = time.perf_counter()
-            logger.log(record)
-            prof.add("I/O (log)", time.perf_counter() - t_io)
-            accelerator.print(f"[step {step + 1}/{cfg.steps}] loss {record['loss']:.4f} kl/token {record['kl_token_mean']:.4f} "
-                              f"success {record['success_rate']:.2f} ({elapsed:.1f}s)")
-            done = step + 1
-            if cfg.eval.every and done % cfg.eval.every == 0 and done != cfg.steps:
-                run_eval(done, f"step{done}")  # before the checkpoint: a resume from it has every record up to it
-            if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps:
-                with prof.phase("I/O (checkpoints)"):
-                    save_checkpoint(out_dir, done, accelerator, model, tokenizer, {"seed": cfg.seed}, cfg.keep_checkpoints)
-        if not logged("after", cfg.steps):
-            run_eval(cfg.steps, "after")
+        eps = [Episode(t, i, run.cfg.eval.split) for i, t in enumerate(run.eval_ids)]
+        trajs = collector.collect(eps, [RolloutPlan(max_env_steps=run.cfg.rollout.max_env_steps) for _ in eps],
+                                  sampling=SamplingParams(temperature=0.0, max_new_tokens=run.cfg.rollout.max_new_tokens))
     finally:
-        with prof.phase("env shutdown"):
-            collector.close()
-        logger.close()
-    if cfg.profile:
-        accelerator.print(f"\nwhere the time went ({cfg.steps - start} steps; rank {accelerator.process_index}):\n"
-                          f"{prof.table()}")
-    return {"last": record, **results}
+        collector.student, collector.max_invalid_actions = student, saved
+    states = []
+    for k, t in enumerate(trajs):
+        for i, turn in enumerate(t.turns if t.error is None else []):
+            if turn.role == "student":
+                sample = turn_sample(t, k, i)
+                sample.meta.update(context=turn.context, action=turn.action)
+                states.append(sample)
+    return states[: run.cfg.eval.probe_states]
+
+
+def probe(run: Run) -> dict[str, float]:
+    """On the fixed probe states: ``probe/kl_token``, the mean full-vocabulary KL(S||T_ref) over the
+    teacher's reply tokens, and ``probe/agreement``, the share of states where the student's greedy
+    action is the teacher's."""
+    model = run.accelerator.unwrap_model(run.model)
+    model.eval()
+    kls = []
+    with torch.no_grad():
+        for batch in micro_batches(run.probe, "token_mean", run.tokenizer.pad_token_id, run.cfg.micro_batch_tokens):
+            student = student_forward(model, batch)
+            kls.append(reference_kl(run.ref_teacher, student, batch.to(student.logits.device)).cpu())
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=run.cfg.rollout.max_new_tokens)
+    outs = run.collector.student.act([s.meta["context"] for s in run.probe], greedy)
+    agree = [run.collector.prompt.parse_action(o.text) == s.meta["action"] for o, s in zip(outs, run.probe)]
+    kl = torch.cat(kls) if kls else torch.zeros(0)
+    return {"probe/kl_token": float(kl.mean()) if kl.numel() else 0.0,
+            "probe/agreement": sum(agree) / len(agree) if agree else 0.0, "probe/states": len(run.probe)}

@@ -188,11 +188,11 @@ def main() -> None:
         })
         t = time.perf_counter()
         out = train(cfg)
-        student, _ = load_causal_lm(str(a.work / a.opd_name / "final")) if (a.work / a.opd_name / "final").exists() \
-            else (None, None)
-        m = measure(student, tok, st["held"]) if student is not None else {}
+        from madopd_distill.trainer import latest_checkpoint
+
+        student, _ = load_causal_lm(str(latest_checkpoint(a.work / a.opd_name) / "model"))
         record(model=a.opd_name, method=a.method, steps=a.opd_steps, lr=a.opd_lr, seconds=time.perf_counter() - t,
-               eval_success=out.get("eval_success_rate"), **m)
+               eval_success=out["eval_after"]["eval_success_rate"], **measure(student, tok, st["held"]))
 
 
 if __name__ == "__main__":

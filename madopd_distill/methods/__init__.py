@@ -50,6 +50,10 @@ METHODS: dict[str, str] = {
     "sage": "madopd_distill.methods.sage:SageOPD",
     "omni": "madopd_distill.methods.omni:OmniOPD",
     "routing": "madopd_distill.methods.routing:TokenRouting",
+    # What a user would pick instead: RL on the env's reward, and an OPD -> RL hybrid (issue 24).
+    "grpo": "madopd_distill.methods.grpo:GRPO",
+    "gigpo": "madopd_distill.methods.gigpo:GiGPO",
+    "atod": "madopd_distill.methods.atod:ATOD",
 }
 
 

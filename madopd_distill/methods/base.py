@@ -217,15 +217,9 @@ def row_divergence(student: StudentOutput, scores: TokenScores, batch: StepBatch
         # distribution. Tinker uses the sampler's log-prob for the student's side, which is the same
         # number only when rollouts sample at that temperature without top-p: with top_p 0.9 an exact
         # copy of the student got -0.1 on every token. The sampler's log-probs enter the importance ratio.
-        old = batch.sampler_logprobs.to(student.token_logprobs.device, student.token_logprobs.dtype)
         adv = D.sampled_token_advantage(teacher_token_logprobs(student, scores), student.token_logprobs.detach(),
-                                        cfg.kl_coef).detach()
-        ratio = torch.exp(student.token_logprobs - old)
-        surrogate = ratio * adv
-        if cfg.clip_ratio is not None:
-            clipped = ratio.clamp(1 - cfg.clip_ratio, 1 + cfg.clip_ratio) * adv
-            surrogate = torch.minimum(surrogate, clipped)
-        return -surrogate
+                                        cfg.kl_coef)
+        return policy_gradient_rows(student, adv, batch, cfg.clip_ratio)
     if cfg.top_k is not None or not scores.full:
         if scores.topk_ids is None:
             raise ValueError("a top-k divergence needs a teacher that returns top-k (score with top_k=k)")
@@ -234,6 +228,20 @@ def row_divergence(student: StudentOutput, scores: TokenScores, batch: StepBatch
         return D.divergence(s_lp, t_lp, kind, beta)
     return D.chunked_divergence(student.logits, scores.logits.to(student.logits.dtype), kind, beta,
                                 cfg.temperature, cfg.chunk_size)
+
+
+def policy_gradient_rows(student: StudentOutput, advantage: torch.Tensor, batch: StepBatch,
+                         clip_ratio: float | None = None) -> torch.Tensor:
+    """``[N]`` the (PPO-clipped) policy-gradient surrogate ``-min(r A, clip(r) A)`` with importance ratio
+    ``r = p_S(y) / p_sampler(y)`` (1 on fresh on-policy samples, where its gradient is ``-A grad log p_S(y)``).
+    The one surrogate of the sampled-token OPD loss and of the RL methods (GRPO, GiGPO, ATOD)."""
+    old = batch.sampler_logprobs.to(student.token_logprobs.device, student.token_logprobs.dtype)
+    adv = advantage.detach().to(student.token_logprobs.device, student.token_logprobs.dtype)
+    ratio = torch.exp(student.token_logprobs - old)
+    surrogate = ratio * adv
+    if clip_ratio is not None:
+        surrogate = torch.minimum(surrogate, ratio.clamp(1 - clip_ratio, 1 + clip_ratio) * adv)
+    return -surrogate
 
 
 def sampled_kl(student: StudentOutput, scores: TokenScores) -> torch.Tensor:
@@ -256,6 +264,9 @@ class Method:
         needs_expert: rollouts need ``info["expert_action"]`` (envs made with ``expert=True``).
         needs_teacher_agents: the method makes teachers write text (debate, teacher turns).
         needs_student_hidden: the loop's student forward also returns the last hidden state.
+        needs_teacher: the method scores with a teacher (RL methods learn from the env's reward alone).
+        min_group_size: rollouts of the same task per group it needs (``rollout.group_size``; 2 for
+            group-relative advantages).
     """
 
     name: ClassVar[str] = "opd"
@@ -263,11 +274,13 @@ class Method:
     needs_expert: ClassVar[bool] = False
     needs_teacher_agents: ClassVar[bool] = False
     needs_student_hidden: ClassVar[bool] = False
+    needs_teacher: ClassVar[bool] = True
+    min_group_size: ClassVar[int] = 1
 
     def __init__(self, cfg: MethodConfig, ctx: MethodContext):
         if not isinstance(cfg, self.Config):
             raise TypeError(f"{type(self).__name__} takes a {self.Config.__name__}, got {type(cfg).__name__}")
-        if not ctx.teachers:
+        if self.needs_teacher and not ctx.teachers:
             raise ValueError(f"{self.name} needs at least one teacher")
         if self.needs_teacher_agents and not ctx.teacher_agents:
             raise ValueError(f"{self.name} needs teachers that generate text (teacher_agents)")

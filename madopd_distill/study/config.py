@@ -62,6 +62,8 @@ class EvalSet(TaskSet):
         num_envs: env workers of each eval process.
         curve_every: the trainer also evaluates every N steps (training curves; 0: no curves).
         curve_tasks: how many of the eval tasks those in-training evals use (``None``: all).
+        probe_states: at each curve step, KL and greedy agreement with the reference teacher on this
+            many fixed held-out states (the reference teacher's own, on the curve tasks; 0: none).
     """
 
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -70,6 +72,7 @@ class EvalSet(TaskSet):
     num_envs: int = 2
     curve_every: int = 0
     curve_tasks: int | None = None
+    probe_states: int = 64
 
 
 @dataclass
@@ -118,13 +121,18 @@ class MethodSpec:
     overrides: list[str] = field(default_factory=list)
 
 
+DIRECTIONS = ("greater", "less", "at_least")
+
+
 @dataclass
 class Claim:
     """A seed paper's headline claim, checked at this study's scale.
 
     ``metric``: ``success`` | ``score`` (held-out, paired hierarchical bootstrap) or ``kl_token`` |
     ``kl_traj`` (final ``ref/kl_*``, bootstrap over seeds); ``direction``: the paper says
-    ``method`` is ``greater`` / ``less`` than ``baseline``.
+    ``method`` is ``greater`` / ``less`` than ``baseline``, or ``at_least`` as good (it matches it:
+    no worse by more than ``tolerance``). ``cheaper``: the claim is also that ``method`` spends less
+    compute (token forwards: student tokens generated + teacher tokens scored) than ``baseline``.
     """
 
     paper: str
@@ -133,12 +141,16 @@ class Claim:
     baseline: str = "opd"
     metric: str = "success"
     direction: str = "greater"
+    tolerance: float = 0.05
+    cheaper: bool = False
 
     def __post_init__(self) -> None:
         if self.metric not in ("success", "score", "kl_token", "kl_traj"):
             raise StudyError(f"claim {self.claim!r}: metric must be success, score, kl_token or kl_traj")
-        if self.direction not in ("greater", "less"):
-            raise StudyError(f"claim {self.claim!r}: direction must be greater or less")
+        if self.direction not in DIRECTIONS:
+            raise StudyError(f"claim {self.claim!r}: direction must be one of {', '.join(DIRECTIONS)}")
+        if self.tolerance < 0:
+            raise StudyError(f"claim {self.claim!r}: tolerance must be >= 0")
 
 
 @dataclass

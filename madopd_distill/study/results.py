@@ -27,9 +27,15 @@ STATS_METHOD = ("95% intervals: hierarchical bootstrap (4000 draws) resampling s
                 "the Δ columns use the study's claim metric). Significance (*): the "
                 "interval of the difference excludes 0. KL columns: mean of the last 10% of training steps, "
                 "bootstrap over seeds.")
+# compute column -> the per-step train-log key it totals over a cell's training
+COMPUTE = {"episodes": "episodes", "env_steps": "env_steps", "student_tokens": "sampled_tokens",
+           "teacher_tokens_scored": "cost/teacher_tokens_scored"}
 CURVE_KEYS = {"success": ("eval_success_rate", "held-out success (in-training eval)"),
               "kl_token": ("ref/kl_token", "per-token KL(S||T_ref), student's tokens"),
               "kl_traj": ("ref/kl_traj", "trajectory KL(S||T_ref), sum over a trajectory")}
+# curves from the in-training evals on the fixed probe states (see TrainConfig eval.probe_states)
+PROBE_KEYS = {"probe_kl": ("probe/kl_token", "KL(S||T_ref) per token on fixed held-out teacher states"),
+              "probe_agreement": ("probe/agreement", "greedy agreement with T_ref on fixed held-out states")}
 # figure name -> (title, the log keys it plots: exact names or prefixes ending in "/")
 METHOD_PLOTS = {"mad": ("MAD-OPD per-teacher weight", ("mad/weight/",)),
                 "guided": ("Guided-OPD teacher-turn rate", ("guided/teacher_turn_frac", "guided/p")),
@@ -122,6 +128,10 @@ def analyse(cfg: StudyConfig, cells: list[Cell], agents: list[EvalAgent], status
             vals = [per_step(logs[c.id], key) for c in done]
             vals = [v for v in vals if not math.isnan(v)]
             row[col] = float(np.mean(vals)) if vals else None
+        if done:  # what the cell spent over its whole training, mean over its seeds
+            row["compute"] = mats[label]["compute"] = {
+                col: float(np.mean([sum(r.get(key) or 0 for r in logs[c.id] if r.get("kind") == "train") for c in done]))
+                for col, key in COMPUTE.items()}
         row["wall_s"] = sum(statuses.get(c.id, {}).get("wall_s", 0) or 0 for c in lc)
         rows.append(row)
     # Did each method move the student at all, and did it beat OPD (on the claims' held-out metric)?
@@ -247,7 +257,25 @@ def _claim(claim: Any, mats: dict[str, Any]) -> dict[str, Any]:
     if claim.metric.startswith("kl") and len(set(mats[claim.method][key]) & set(mats[claim.baseline][key])) < 2:
         # one value per seed: with one seed there is no spread to put an interval on
         return {**out, "difference": d.as_dict(), "verdict": "inconclusive", "note": "one seed: no interval"}
-    return {**out, "difference": d.as_dict(), "verdict": verdict(d, claim.direction)}
+    out = {**out, "difference": d.as_dict(), "verdict": verdict(d, claim.direction, claim.tolerance)}
+    ratio = compute_ratio(mats[claim.method].get("compute"), mats[claim.baseline].get("compute"))
+    if ratio is not None:
+        out["compute_ratio"] = ratio
+    if claim.cheaper:
+        if ratio is None:
+            return {**out, "verdict": "inconclusive", "note": "no compute figures to compare"}
+        if out["verdict"] == "replicated" and ratio >= 1:
+            return {**out, "verdict": "not replicated", "note": f"as good, but not cheaper: {ratio:.2f}x the compute"}
+        out["note"] = f"{ratio:.2f}x the compute"
+    return out
+
+
+def compute_ratio(method: dict[str, float] | None, baseline: dict[str, float] | None) -> float | None:
+    """``method``'s token forwards (student tokens generated + teacher tokens scored) over ``baseline``'s."""
+    if not method or not baseline:
+        return None
+    cost = lambda c: c["student_tokens"] + c["teacher_tokens_scored"]  # noqa: E731
+    return cost(method) / cost(baseline) if cost(baseline) > 0 else None
 
 
 # -- figures --------------------------------------------------------------------------------------
@@ -295,13 +323,14 @@ def plot(cfg: StudyConfig, cells: list[Cell], logs: dict[str, list[dict[str, Any
         plt.close(fig)
         written.append(name)
 
-    for name, (key, title) in CURVE_KEYS.items():
-        curves = _curves(cfg, cells, logs, key, "eval" if name == "success" else "train")
+    for name, (key, title) in {**CURVE_KEYS, **PROBE_KEYS}.items():
+        per_step_log = name in ("kl_token", "kl_traj")  # train records, noisy: smoothed; evals are not
+        curves = _curves(cfg, cells, logs, key, "train" if per_step_log else "eval")
         if not curves:
             continue
         fig, ax = plt.subplots(figsize=(7, 4))
         for label, (steps, vals) in curves.items():
-            w = 1 if name == "success" else smooth
+            w = smooth if per_step_log else 1
             v = _smooth(vals, w)
             x = steps[w - 1:] if w > 1 and len(steps) >= w else steps
             mean, lo, hi = seed_band(v)
@@ -309,10 +338,12 @@ def plot(cfg: StudyConfig, cells: list[Cell], logs: dict[str, list[dict[str, Any
             ax.fill_between(x, lo, hi, alpha=0.2)
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(title)
-        sm = f", moving average over {smooth} steps" if name != "success" and smooth > 1 else ""
+        sm = f", moving average over {smooth} steps" if per_step_log and smooth > 1 else ""
         ax.set_title(f"{cfg.name}: {title}\n(mean over seeds, 95% bootstrap band over seeds{sm})", fontsize=9)
         ax.legend(fontsize=7, ncols=2)
         save(fig, f"{name}_vs_step.png")
+        if name == "success":
+            save(success_vs_tokens(cfg, cells, logs, curves, plt), "success_vs_student_tokens.png")
     keys = sorted({k for recs in logs.values() for r in recs if r.get("kind") == "train" for k in r
                    if "/" in k and isinstance(r[k], (int, float))})
     for prefix, (title, wanted) in METHOD_PLOTS.items():
@@ -330,6 +361,30 @@ def plot(cfg: StudyConfig, cells: list[Cell], logs: dict[str, list[dict[str, Any
         ax.legend(fontsize=7)
         save(fig, f"method_{prefix}.png")
     return written
+
+
+def success_vs_tokens(cfg: StudyConfig, cells: list[Cell], logs: dict[str, list[dict[str, Any]]],
+                      curves: dict[str, tuple[np.ndarray, np.ndarray]], plt: Any) -> Any:
+    """Held-out success against the student tokens generated so far (RL plays groups, so it spends more
+    per step): x is the mean over seeds of the cumulative ``sampled_tokens`` at each eval step."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, (steps, vals) in curves.items():
+        spent = []
+        for c in cells:
+            if c.label == label and logs.get(c.id):
+                per_step = {r["step"]: r.get("sampled_tokens") or 0 for r in logs[c.id] if r.get("kind") == "train"}
+                spent.append([sum(v for k, v in per_step.items() if k <= x) for x in steps])
+        if not spent:
+            continue
+        mean, lo, hi = seed_band(vals)
+        x = np.mean(spent, axis=0)
+        ax.plot(x, mean, label=label)
+        ax.fill_between(x, lo, hi, alpha=0.2)
+    ax.set_xlabel("student tokens generated (cumulative, mean over seeds)")
+    ax.set_ylabel("held-out success (in-training eval)")
+    ax.set_title(f"{cfg.name}: success against rollout compute (mean over seeds, 95% band)", fontsize=9)
+    ax.legend(fontsize=7, ncols=2)
+    return fig
 
 
 # -- writing --------------------------------------------------------------------------------------
@@ -356,6 +411,17 @@ def table(rows: list[dict[str, Any]], metric: str = "success") -> str:
             _ci(r.get("success")), _ci(r.get("score")), _ci(r.get("diff_vs_initial")), _ci(r.get("diff_vs_opd")),
             _ci(r.get("kl_token"), 3), _ci(r.get("kl_traj"), 2), _num(r.get("teacher_tokens_scored")),
             _num(r.get("teacher_tokens_generated")), _num(r.get("s_per_step"), "{:.2f}")]) + " |")
+    return "\n".join(lines)
+
+
+def compute_table(rows: list[dict[str, Any]]) -> str:
+    """What each method spent over its training (totals per cell, mean over seeds): RL plays groups."""
+    lines = ["| method | episodes | env steps | student tokens generated | teacher tokens scored |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("compute"):
+            c = r["compute"]
+            lines.append(f"| `{r['method']}` | " + " | ".join(_num(c[k]) for k in COMPUTE) + " |")
     return "\n".join(lines)
 
 
@@ -421,7 +487,8 @@ def write_results(cfg: StudyConfig, cells: list[Cell], agents: list[EvalAgent], 
           f"{cfg.budget.max_env_steps} env steps per episode; seeds {list(cfg.seeds)}"
           + (f"; builds per seed: `{cfg.build_seeds}`" if cfg.build_seeds else "") + ".", "",
           f"Shared base: `{json.dumps(cfg.base, sort_keys=True)}`", "",
-          "## Results", "", table(a["rows"], diff_metric(cfg)), "", STATS_METHOD, ""]
+          "## Results", "", table(a["rows"], diff_metric(cfg)), "", STATS_METHOD, "",
+          "Compute per cell, totals over training (mean over seeds):", "", compute_table(a["rows"]), ""]
     failed = [(c.id, statuses[c.id].get("error")) for c in cells if statuses.get(c.id, {}).get("state") == "failed"]
     if failed:
         md += ["Failed cells (left out of the statistics):", ""] + [f"- `{i}`: {e}" for i, e in failed] + [""]
@@ -433,7 +500,10 @@ def write_results(cfg: StudyConfig, cells: list[Cell], agents: list[EvalAgent], 
                       f"({c['direction']}) | {_ci(c.get('difference'), 3)} | **{c['verdict']}**"
                       + (f" ({c['note']})" if c.get("note") else "") + " |")
         md += ["", "Verdict: *replicated* when the interval of (method - baseline) lies wholly on the claimed side "
-               "of 0, *not replicated* when wholly on the other side, else *inconclusive*.", ""]
+               "of 0, *not replicated* when wholly on the other side, else *inconclusive*; *at_least* (a match): "
+               "replicated when the interval lies above -tolerance, not replicated when wholly below 0. A claim of "
+               "less compute also needs the method's token forwards (student tokens generated + teacher tokens "
+               "scored) below the baseline's.", ""]
     if figures:
         md += ["## Curves", ""] + [f"![{f}](figures/{f})" for f in figures] + [""]
     md += ["## Cells", "", "| cell | state | wall s | error |", "|---|---|---|---|"]

@@ -93,8 +93,14 @@ def train_command(cfg: StudyConfig, cell: Cell, n_train: int) -> list[str]:
            *[_set(k, v) for k, v in base.items()],
            f"eval.split={ev.split}", f"eval.first_task={ev.first_task}", f"eval.num_tasks={curve_tasks}",
            f"eval.every={ev.curve_every}", f"eval.temperature={ev.temperature}",
+           f"eval.probe_states={ev.probe_states if curve_tasks and playable(cell.ref_teacher) else 0}",
            f"save_every={cfg.checkpoint_every}"]
     return cmd + list(cell.overrides)
+
+
+def playable(teacher: dict[str, Any] | None) -> bool:
+    """A reference teacher that can play the probe states' episodes (a local HF model)."""
+    return bool(teacher) and teacher.get("backend", "hf") == "hf"
 
 
 def final_model(cfg: StudyConfig, cell: Cell) -> Path | None:

@@ -321,7 +321,8 @@ def test_routing_is_sharper_than_mad_opd_weights():
     assert route_shares(confidence_route(conf), torch.ones(1, 4, dtype=torch.bool), 2) == [0.75, 0.25]
 
 
-@pytest.mark.parametrize("name", ["mt_opd", "mad_opd", "opad", "tcod", "guided", "sage", "omni", "routing"])
+@pytest.mark.parametrize("name", ["mt_opd", "mad_opd", "opad", "tcod", "guided", "sage", "omni", "routing",
+                                  "grpo", "gigpo", "atod"])
 def test_hydra_method_config_matches_its_dataclass(name):
     import dataclasses
     from pathlib import Path

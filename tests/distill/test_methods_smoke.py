@@ -54,13 +54,17 @@ def method_args(name: str, m: dict[str, str]) -> list[str]:
         "omni": [teachers(("anchor", m["s0"]), ("writer", m["s1"])), "method.chunk_tokens=4",
                  "method.num_continuations=2", "method.fork_quantile=0.5"],
         "routing": [two],
+        # RL: groups of 2 episodes of one task; GRPO and GiGPO score no teacher (none is given)
+        "grpo": ["rollout.group_size=2", "method.ref_kl_coef=0.01"],
+        "gigpo": ["rollout.group_size=2"],
+        "atod": [f"teacher={m['s1']}", "rollout.group_size=2"],
     }[name]
 
 
 
 
 @pytest.mark.parametrize("case", ["mt_opd", "mad_opd", "mad_opd_expert", "opad", "tcod_f2b", "tcod_b2f", "guided",
-                                  "sage", "omni", "routing"])
+                                  "sage", "omni", "routing", "grpo", "gigpo", "atod"])
 def test_method_runs_and_logs(case: str, models: dict[str, str], tmp_path: Path) -> None:
     name = case.split("_f2b")[0].split("_b2f")[0].split("_expert")[0]
     out = tmp_path / case
@@ -80,7 +84,8 @@ def test_method_runs_and_logs(case: str, models: dict[str, str], tmp_path: Path)
     # each method's own signal is in its log line
     expected = {"mt_opd": "teacher/a/div", "mad_opd": "mad/weight/a", "opad": "opad/groups", "tcod": "tcod/depth",
                 "guided": "guided/p", "sage": "sage/judged_turns", "omni": "omni/kl_anchor",
-                "routing": "route/share/a"}[name]
+                "routing": "route/share/a", "grpo": "rl/flat_groups", "gigpo": "rl/flat_groups",
+                "atod": "atod/rl_share"}[name]
     assert expected in last, sorted(last)
     if case == "tcod_f2b":  # W = 1 + step // 1 at step index 1; the student played at most W steps
         assert last["tcod/depth"] == 2.0 and last["tcod/student_steps"] <= 2 and "kl_trajectory_mean" in last
@@ -90,6 +95,10 @@ def test_method_runs_and_logs(case: str, models: dict[str, str], tmp_path: Path)
         assert last["mad/weight/a"] + last["mad/weight/b"] == pytest.approx(1.0)
     if name == "routing":
         assert last["route/share/a"] + last["route/share/b"] == pytest.approx(1.0)
+    if name in ("grpo", "gigpo"):  # RL plays groups and scores no teacher
+        assert last["episodes"] == 2 and last["cost/teacher_tokens_scored"] == 0
+    if name == "atod":  # the last of 2 steps is pure RL, and the teacher still scores (T-DUR needs it)
+        assert last["atod/rl_share"] == 1.0 and last["cost/teacher_tokens_scored"] > 0
 
 
 @pytest.mark.slow  # ~30 s of interpreter start on the shared CI machine; the runs above use the same main()

@@ -49,6 +49,7 @@ base:
 methods:
 {changes.pop('methods', '''  opd: {}
   opd@jsd0.5: {method: opd, args: {divergence: jsd, beta: 0.5}}
+  grpo: {teachers: [], overrides: [rollout.group_size=2]}
   broken: {method: opd, overrides: ["optim.lr=-1"]}''')}
 claims:
   - {{paper: test, claim: JSD beats reverse KL, method: opd@jsd0.5, baseline: opd, metric: success}}
@@ -135,7 +136,8 @@ def test_study_kill_resume_and_a_crashing_cell(tmp_path: Path, models: dict[str,
     # results: ordinary leaderboard records, one per planned episode, and the table with intervals
     study = json.loads((out / "study.json").read_text())
     agents = {a["agent"] for a in study["evaluated"]}
-    assert agents == {"student-init", "teacher-teacher", "opd-s0", "opd-s1", "opd@jsd0.5-s0", "opd@jsd0.5-s1"}
+    assert agents == {"student-init", "teacher-teacher", "opd-s0", "opd-s1", "opd@jsd0.5-s0", "opd@jsd0.5-s1",
+                      "grpo-s0", "grpo-s1"}
     for a in agents:
         summary = json.loads((out / a / "summary.json").read_text())
         assert summary["finished_episodes"] == summary["planned_episodes"] == 2
@@ -147,6 +149,10 @@ def test_study_kill_resume_and_a_crashing_cell(tmp_path: Path, models: dict[str,
         assert {"mean", "lo", "hi"} <= set(rows[m]["success"]) and rows[m]["success"]["lo"] <= rows[m]["success"]["hi"]
         assert rows[m]["kl_token"]["mean"] > 0 and rows[m]["teacher_tokens_scored"] > 0
     assert "lo" in rows["opd@jsd0.5"]["diff_vs_opd"] and "diff_vs_opd" not in rows["opd"]
+    # compute totals: 2 steps x 2 tasks; GRPO plays groups of 2 and scores no teacher
+    assert rows["opd"]["compute"]["episodes"] == 4 and rows["grpo"]["compute"]["episodes"] == 8
+    assert rows["grpo"]["compute"]["teacher_tokens_scored"] == 0 < rows["opd"]["compute"]["teacher_tokens_scored"]
+    assert rows["grpo"]["compute"]["env_steps"] >= 8 and rows["grpo"]["compute"]["student_tokens"] > 0
     assert rows["opd"]["diff_vs_initial"]["metric"] == "success" and "lo" in rows["opd@jsd0.5"]["diff_vs_initial"]
     # untrained tiny models: OPD cannot lift the student, so the gate fails and no claim gets a verdict
     assert study["gate"]["valid"] is False and study["gate"]["gate"]["method"] == "opd"
@@ -155,7 +161,9 @@ def test_study_kill_resume_and_a_crashing_cell(tmp_path: Path, models: dict[str,
     assert md.index("invalid: distillation does not work in this setting") < md.index("## Results")
     assert "success [95% CI]" in md and "| `opd` | 2/2 |" in md and "hierarchical bootstrap" in md
     assert "lr must be > 0" in md
-    for fig in ("success_vs_step.png", "kl_token_vs_step.png", "kl_traj_vs_step.png"):
+    assert "| `grpo` | 8 |" in md  # the compute table
+    for fig in ("success_vs_step.png", "success_vs_student_tokens.png", "kl_token_vs_step.png", "kl_traj_vs_step.png",
+                "probe_kl_vs_step.png", "probe_agreement_vs_step.png"):
         assert (out / "figures" / fig).read_bytes()[:4] == b"\x89PNG"
     assert [json.loads(x)["step"] for x in (out / "cells" / "opd-s0" / "log.jsonl").read_text().splitlines()
             if json.loads(x)["kind"] == "train"] == [1, 2]
@@ -253,7 +261,7 @@ def test_cells_selection_and_unknown_cells(tmp_path: Path, models: dict[str, str
 
     cfg = load_study(str(study_yaml(tmp_path, models)), ["seeds=[0,1,2]"], Path("."))
     cells = build_cells(cfg)
-    assert [c.id for c in cells][:3] == ["opd-s0", "opd-s1", "opd-s2"] and len(cells) == 9
+    assert [c.id for c in cells][:3] == ["opd-s0", "opd-s1", "opd-s2"] and len(cells) == 12  # 4 methods x 3 seeds
     assert [c.id for c in select_cells(cells, ["opd@*", "broken-s2"])] == \
         ["opd@jsd0.5-s0", "opd@jsd0.5-s1", "opd@jsd0.5-s2", "broken-s2"]
     jsd = next(c for c in cells if c.label == "opd@jsd0.5")
@@ -381,3 +389,25 @@ def test_gate_config_is_checked(tmp_path, models):
         validate(cfg, build_cells(cfg))
     with pytest.raises(StudyError, match="min_gap_closed"):
         load_study(str(study_yaml(tmp_path, models)), ["+gate.min_gap_closed=2"], conf)
+
+
+def test_a_match_claim_and_a_compute_claim() -> None:
+    """``at_least``: no worse by more than the tolerance; ``cheaper``: also fewer token forwards."""
+    import numpy as np
+
+    from madopd_distill.stats import Interval, verdict
+    from madopd_distill.study.config import Claim
+    from madopd_distill.study.results import _claim
+
+    assert verdict(Interval(0.0, -0.02, 0.03), "at_least", 0.05) == "replicated"
+    assert verdict(Interval(-0.1, -0.2, -0.01), "at_least", 0.05) == "not replicated"
+    assert verdict(Interval(-0.05, -0.3, 0.2), "at_least", 0.05) == "inconclusive"
+    same = {"seeds": [0, 1, 2], "success": np.ones((3, 20)), "score": np.ones((3, 20))}
+    cheap = {**same, "compute": {"student_tokens": 100.0, "teacher_tokens_scored": 100.0}}
+    dear = {**same, "compute": {"student_tokens": 800.0, "teacher_tokens_scored": 0.0}}
+    claim = Claim("p", "OPD matches RL at a fraction of its compute", "opd", "grpo", direction="at_least", cheaper=True)
+    got = _claim(claim, {"opd": cheap, "grpo": dear})
+    assert got["verdict"] == "replicated" and got["compute_ratio"] == pytest.approx(0.25)
+    got = _claim(claim, {"opd": dear, "grpo": cheap})
+    assert got["verdict"] == "not replicated" and "not cheaper" in got["note"]
+    assert _claim(claim, {"opd": same, "grpo": same})["verdict"] == "inconclusive"

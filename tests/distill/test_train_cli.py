@@ -109,3 +109,24 @@ def test_eval_task_window() -> None:
         EvalConfig(num_tasks=5, first_task=3).task_ids(ids)
     with pytest.raises(ValueError, match=">= 0"):
         EvalConfig(first_task=-1)
+
+
+def test_probe_curves_are_measured_on_one_fixed_state_set(tmp_path: Path, teacher_dir: str) -> None:
+    """``eval.probe_states``: the reference teacher's own states, collected once. A student that *is* the
+    teacher agrees on every state with KL 0 (a wrong shift or template would not); training toward another
+    teacher moves it off."""
+    from madopd_agents.zoo import tiny_model_dir
+
+    out = tmp_path / "probe"
+    ref = f"ref_teacher={{name:ref,path:{teacher_dir}}}"
+    run("madopd_distill.train", [f"env={ENV}", f"student={teacher_dir}", f"teacher={tiny_model_dir('S', seed=2)}", ref,
+                                 "rollout.num_envs=1", "rollout.tasks_per_step=2", "rollout.max_new_tokens=6",
+                                 "rollout.max_env_steps=2", "optim.lr=1e-2",
+                                 "num_train_tasks=50",
+                                 "eval.split=train", "eval.first_task=900", "eval.num_tasks=2", "eval.every=1",
+                                 "eval.probe_states=3", "steps=2", f"output_dir={out}"])
+    evals = [r for r in log(out) if r["kind"] == "eval"]
+    assert [e["when"] for e in evals] == ["before", "step1", "after"]
+    assert all(e["probe/states"] == 3 for e in evals)  # the same set at every eval
+    assert evals[0]["probe/agreement"] == 1.0 and evals[0]["probe/kl_token"] == pytest.approx(0.0, abs=1e-6)
+    assert evals[-1]["probe/kl_token"] > 1e-3

@@ -30,8 +30,8 @@ from typing import Sequence
 import torch
 
 from madopd_distill.batch import StepBatch
-from madopd_distill.methods.base import (LossOutput, Method, StudentOutput, reduce_rows, row_divergence, sampled_kl,
-                                         teacher_token_logprobs)
+from madopd_distill.methods.base import (LossOutput, Method, MethodContext, StudentOutput, reduce_rows,
+                                         row_divergence, sampled_kl, teacher_token_logprobs)
 from madopd_distill.methods.grpo import GRPO, GRPOConfig
 from madopd_distill.schedules import Schedule, make_schedule
 from madopd_distill.teachers import TokenScores
@@ -95,7 +95,7 @@ class ATOD(GRPO):
     needs_teacher = True
     per_turn_samples = True
 
-    def __init__(self, cfg: ATODConfig, ctx) -> None:
+    def __init__(self, cfg: ATODConfig, ctx: MethodContext) -> None:
         super().__init__(cfg, ctx)
         self.lam = rl_share(cfg, ctx.total_steps)
 

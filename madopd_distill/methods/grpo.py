@@ -68,8 +68,9 @@ class GRPOConfig(MethodConfig):
 
 def episode_reward(traj: Trajectory, kind: str) -> float:
     """The episode's scalar reward of kind ``return`` | ``won`` | ``score``."""
-    return {"return": lambda: float(sum(traj.rewards)), "won": lambda: float(traj.won),
-            "score": lambda: float(traj.score)}[kind]()
+    if kind == "won":
+        return float(traj.won)
+    return float(traj.score) if kind == "score" else float(sum(traj.rewards))
 
 
 class GRPO(Method):

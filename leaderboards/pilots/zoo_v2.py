@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
-import statistics
 import time
 from pathlib import Path
 
@@ -28,10 +26,9 @@ import torch
 
 from madopd_agents.hf import HFAgent
 from madopd_agents.zoo import _save_folder, build_tokenizer, tiny_qwen3
-from madopd_distill.batch import micro_batches
-from madopd_distill.trainer import load_causal_lm, student_forward
-from madopd_distill.trajectory import Sample
-from madopd_distill.zoo.build import EpisodeEval, generate, parse_action, to_sample, train_samples
+from madopd_distill.trainer import load_causal_lm
+from madopd_distill.zoo.build import (EpisodeEval, generate, parse_action, pretrain_corpus, soft_errors, to_sample,
+                                      train_samples)
 from madopd_distill.zoo.data import action_reply, collect_states
 from madopd_distill.zoo.recipe import Recipe, TrainSpec
 
@@ -73,19 +70,7 @@ def tokenizer(work: Path, st):
     return tok
 
 
-def corpus(tok, st, noise: float, seed: int) -> list[Sample]:
-    """Noisy-expert transcripts, next-token loss on every token (context included)."""
-    rng = random.Random(seed)
-    pool = sorted({s.expert_action for s in st["train"]})
-    out = []
-    for s in st["train"]:
-        a = s.expert_action if rng.random() >= noise else rng.choice(pool)
-        smp = to_sample(tok, s.context, action_reply(a))
-        out.append(Sample(smp.input_ids, [False] + [True] * (len(smp.input_ids) - 1), smp.sampler_logprobs))
-    return out
-
-
-def fit(model, tok, samples: list[Sample], steps: int, lr: float, seed: int, check=None, check_every: int = 50) -> int:
+def fit(model, tok, samples: list, steps: int, lr: float, seed: int, check=None, check_every: int = 50) -> int:
     """The zoo build's trainer (batch 32, 20 warm-up steps); ``check(step) -> bool`` every ``check_every``
     steps stops it. Returns the steps taken."""
     spec = TrainSpec(steps=steps, batch_samples=32, lr=lr, warmup_steps=20)
@@ -97,16 +82,8 @@ def measure(model, tok, held, teacher_actions=None) -> dict:
     """Greedy accuracy on ``held`` states and, where wrong, the probability of the right action."""
     agent = HFAgent(model, tok, name="m", batch_size=64)
     acts = [parse_action(r) for r in generate(agent, [s.context for s in held], 24)]
-    targets = teacher_actions or [s.expert_action for s in held]
-    wrong = [i for i, (a, t) in enumerate(zip(acts, targets)) if a != t]
-    p = []
-    if wrong:
-        samples = [to_sample(tok, held[i].context, action_reply(targets[i])) for i in wrong]
-        with torch.no_grad():
-            for b in micro_batches(samples, "sample_sum", tok.pad_token_id, 16384):
-                lp = student_forward(model, b).token_logprobs
-                p += torch.zeros(len(b.samples)).index_add_(0, b.rows, lp).exp().tolist()
-    return {"accuracy": 1 - len(wrong) / len(held), "median_p_right_where_wrong": statistics.median(p) if p else None,
+    e = soft_errors(model, tok, held, acts, teacher_actions or [s.expert_action for s in held])
+    return {"accuracy": e["agreement"], "median_p_right_where_wrong": e["median_p_teacher_action_where_wrong"],
             "actions": acts}
 
 
@@ -134,7 +111,7 @@ def main() -> None:
     st = states(a.work, rec)
     tok = tokenizer(a.work, st)
     log(f"states {', '.join(f'{k} {len(v)}' for k, v in st.items())}; vocab {len(tok)}")
-    pre = corpus(tok, st, a.noise, a.seed)
+    pre = pretrain_corpus(tok, st["train"], a.noise, a.seed)
     report = a.work / "report.jsonl"
 
     def record(**kw):

@@ -110,8 +110,9 @@ class MethodSpec:
             defaults to the label, so ``opd: {}`` is enough.
         args: what this method changes over the study's ``base`` (method config fields; for
             ``sft``/``seqkd``: ``SFTConfig`` fields).
-        teachers: names of the study's teachers this method uses (``None``: all); a mapping
-            ``{name, path}`` adds one, ``path: "@student"`` being the initial student (OmniOPD's anchor).
+        teachers: names of the study's teachers this method uses (``None``: the study's ``team``);
+            ``"@ref"`` names the study's reference teacher; a mapping ``{name, path}`` adds one,
+            ``path: "@student"`` being the initial student (OmniOPD's anchor).
         overrides: raw Hydra overrides appended to the cell's command (expert use; not checked here).
     """
 
@@ -190,8 +191,11 @@ class StudyConfig:
         train / eval: the training tasks and the held-out eval tasks; checked disjoint.
         student: the initial student (folder / ``zoo:<name>``; ``{build_seed}`` or ``build_seeds`` vary it).
         teachers: ``[{name, path, backend}]``; all share the student's tokenizer (checked).
-        ref_teacher: the teacher of the common quality metric ``ref/kl_token``/``ref/kl_traj``
-            (default: the first).
+        ref_teacher: the teacher of the common quality metric ``ref/kl_token``/``ref/kl_traj``, of the
+            validity gate and of the single-teacher methods (``"@ref"`` in a method's teachers; default:
+            the first).
+        team: the teachers of the multi-teacher methods (a method whose ``teachers`` is unset; default:
+            all): a zoo whose reference teacher knows everything debates with the two that split the kinds.
         build_seeds: ``None``; a template naming a model per seed, e.g. ``"{name}@seed{n}"``: seed
             ``n``'s cells start from ``student`` and use ``teachers`` formatted with it; or a list of
             zoo recipes, one per seed (``[peckingorder, peckingorder_seed1, ...]``): the i-th seed's
@@ -226,6 +230,7 @@ class StudyConfig:
     train: TaskSet = field(default_factory=TaskSet)
     eval: EvalSet = field(default_factory=EvalSet)
     ref_teacher: str | None = None
+    team: list[str] | None = None
     build_seeds: str | list[str] | None = None
     budget: Budget = field(default_factory=Budget)
     base: dict[str, Any] = field(default_factory=dict)
@@ -342,18 +347,19 @@ def build_cells(cfg: StudyConfig) -> list[Cell]:
             if ref_name not in by_name:
                 raise StudyError(f"ref_teacher {ref_name!r} is not one of the teachers {list(by_name)}")
             student = model_for_seed(cfg, cfg.student, seed)
-            chosen = teachers
-            if spec.teachers is not None:
-                chosen = []
-                for t in spec.teachers:
-                    if isinstance(t, str):
-                        if t not in by_name:
-                            raise StudyError(f"methods.{label}.teachers: no teacher {t!r}; known: {list(by_name)}")
-                        chosen.append(by_name[t])
-                    else:
-                        t = {"backend": "hf", **dict(t)}
-                        t["path"] = student if t.get("path") == "@student" else model_for_seed(cfg, str(t["path"]), seed)
-                        chosen.append(t)
+            team = cfg.team if cfg.team is not None else list(by_name)
+            chosen = []
+            for t in (spec.teachers if spec.teachers is not None else team):
+                if t == "@ref":
+                    t = ref_name
+                if isinstance(t, str):
+                    if t not in by_name:
+                        raise StudyError(f"methods.{label}.teachers: no teacher {t!r}; known: {list(by_name)}")
+                    chosen.append(by_name[t])
+                else:
+                    t = {"backend": "hf", **dict(t)}
+                    t["path"] = student if t.get("path") == "@student" else model_for_seed(cfg, str(t["path"]), seed)
+                    chosen.append(t)
             if method in BASELINES:
                 args = {**({"optim": dict(cfg.base["optim"])} if cfg.base.get("optim") else {}), **spec.args}
             else:

@@ -306,7 +306,8 @@ def _smooth(v: np.ndarray, w: int) -> np.ndarray:
     return np.array([np.convolve(np.nan_to_num(row, nan=np.nanmean(row)), k, mode="valid") for row in v])
 
 
-def plot(cfg: StudyConfig, cells: list[Cell], logs: dict[str, list[dict[str, Any]]], fig_dir: Path) -> list[str]:
+def plot(cfg: StudyConfig, cells: list[Cell], logs: dict[str, list[dict[str, Any]]], fig_dir: Path,
+         gate: dict[str, Any] | None = None) -> list[str]:
     """The curves as PNG files in ``fig_dir``; returns their names."""
     import matplotlib
 
@@ -344,6 +345,8 @@ def plot(cfg: StudyConfig, cells: list[Cell], logs: dict[str, list[dict[str, Any
         save(fig, f"{name}_vs_step.png")
         if name == "success":
             save(success_vs_tokens(cfg, cells, logs, curves, plt), "success_vs_student_tokens.png")
+            if gate:
+                save(gate_figure(cfg, gate, curves, plt), "gate_success_vs_step.png")
     keys = sorted({k for recs in logs.values() for r in recs if r.get("kind") == "train" for k in r
                    if "/" in k and isinstance(r[k], (int, float))})
     for prefix, (title, wanted) in METHOD_PLOTS.items():
@@ -361,6 +364,29 @@ def plot(cfg: StudyConfig, cells: list[Cell], logs: dict[str, list[dict[str, Any
         ax.legend(fontsize=7)
         save(fig, f"method_{prefix}.png")
     return written
+
+
+def gate_figure(cfg: StudyConfig, gate: dict[str, Any], curves: dict[str, tuple[np.ndarray, np.ndarray]], plt: Any) -> Any:
+    """The validity gate as a picture: the gate method's and SFT's in-training held-out success with bands
+    over seeds, beside the initial student's and the reference teacher's final held-out figures."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label in (gate["method"], "sft"):
+        if label in curves:
+            steps, vals = curves[label]
+            mean, lo, hi = seed_band(vals)
+            ax.plot(steps, mean, label=label)
+            ax.fill_between(steps, lo, hi, alpha=0.2)
+    for value, label, style in ((gate.get("teacher_mean"), f"reference teacher ({gate['teacher']})", "--"),
+                                (gate.get("initial"), "initial student", ":")):
+        if value is not None:
+            ax.axhline(value, linestyle=style, color="grey", label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(f"held-out {gate['metric']}")
+    verdict = "valid" if gate["valid"] else "INVALID"
+    ax.set_title(f"{cfg.name}: does distillation work here? {verdict}\n(curves: in-training evals, mean over seeds, "
+                 f"95% band; lines: final held-out evals)", fontsize=9)
+    ax.legend(fontsize=7)
+    return fig
 
 
 def success_vs_tokens(cfg: StudyConfig, cells: list[Cell], logs: dict[str, list[dict[str, Any]]],
@@ -460,7 +486,7 @@ def write_results(cfg: StudyConfig, cells: list[Cell], agents: list[EvalAgent], 
                   eval_ids: list[str], command: str, wall_s: float, eval_errors: dict[str, str]) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     a = analyse(cfg, cells, agents, statuses, eval_ids)
-    figures = plot(cfg, cells, a["logs"], out / "figures")
+    figures = plot(cfg, cells, a["logs"], out / "figures", a["gate"])
     trim_logs(cfg, cells)
     study = {
         "name": cfg.name, "command": command, "config": cfg.to_dict(), "config_hash": cfg.hash(),

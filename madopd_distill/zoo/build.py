@@ -4,6 +4,8 @@ Stages (each deterministic under the recipe's seed, one torch thread):
 
 1. **states**: expert episodes on the recipe's train / calibration / held-out task ranges
    (:func:`madopd_distill.zoo.data.collect_states`), a tokenizer trained on the recipe's own texts;
+   **bases** (zoo v2, where the recipe names ``bases``): models pretrained on noisy-expert transcripts
+   of the train states, the small one stopped at a calibration accuracy (:func:`pretrain_base`);
 2. **policy**: each teacher learns the plain action on the states of its strengths (plus
    ``other_fraction`` of the rest): teachers whose skills are complementary by construction;
 3. **calibration**: each teacher plays the calibration states greedily; its accuracy per state kind
@@ -17,14 +19,19 @@ Stages (each deterministic under the recipe's seed, one torch thread):
 5. **students**: smaller models with the same tokenizer, a short weak SFT on expert turns;
 6. **measurement** on the held-out states and tasks: per-subset accuracy, episode success, tag parse
    rate, expected calibration error, accuracy in the scoring context vs the plain state, the share of
-   disagreements where the debate's weights favour the right teacher, judge agreement. The figures go
-   to each model's card and to ``zoo.json``.
+   disagreements where the debate's weights favour the right teacher, judge agreement, the students'
+   soft errors, the team's oracle by kind. The figures go to each model's card and to ``zoo.json``;
+7. **properties** (``Recipe.properties``): what distillation needs of the zoo, each checked; a build
+   that misses one writes everything, then raises :class:`PropertyError` (the CLI exits 1).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import random
+import re
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -37,7 +44,7 @@ from madopd_distill.methods import debate, sage
 from madopd_distill.trajectory import Sample
 from madopd_distill.zoo.data import (Conversation, State, action_reply, collect_states, debate_samples,
                                      judge_samples)
-from madopd_distill.zoo.recipe import Recipe, RecipeError, StudentSpec, TeacherSpec, TrainSpec
+from madopd_distill.zoo.recipe import BaseSpec, Recipe, RecipeError, StudentSpec, TeacherSpec, TrainSpec
 
 Pair = tuple[Conversation, str]
 DEBATE_ROUNDS = 2  # MAD-OPD's default (madopd_distill/methods/mad_opd.py)
@@ -125,7 +132,7 @@ def check_bases(recipe: Recipe) -> Any:
 
     from madopd_agents.zoo import resolve_model
 
-    bases = sorted({m.base for m in [*recipe.teachers, *recipe.students]} - {"new"})
+    bases = sorted({m.base for m in [*recipe.teachers, *recipe.students]} - {"new"} - {b.name for b in recipe.bases})
     toks = {b: AutoTokenizer.from_pretrained(str(resolve_model(b)), local_files_only=True) for b in bases}
     vocabs = {b: t.get_vocab() for b, t in toks.items()}
     if len({json.dumps(v, sort_keys=True) for v in vocabs.values()}) > 1:
@@ -134,10 +141,13 @@ def check_bases(recipe: Recipe) -> Any:
     return next(iter(toks.values()), None)
 
 
-def new_model(tok: Any, spec: TeacherSpec | StudentSpec) -> Any:
-    """A tiny Qwen3 from config, or the spec's pretrained base (its first ``keep_layers`` layers)."""
+def new_model(tok: Any, spec: TeacherSpec | StudentSpec, bases: dict[str, Any] | None = None) -> Any:
+    """A tiny Qwen3 from config, a copy of one of the recipe's pretrained ``bases``, or the spec's
+    pretrained base (its first ``keep_layers`` layers)."""
     from madopd_agents.zoo import tiny_qwen3
 
+    if bases and spec.base in bases:
+        return copy.deepcopy(bases[spec.base])
     if spec.base == "new":
         return tiny_qwen3(tok, size=spec.size, seed=spec.seed, **spec.overrides)
     from madopd_distill.trainer import load_causal_lm
@@ -149,6 +159,94 @@ def new_model(tok: Any, spec: TeacherSpec | StudentSpec) -> Any:
         if getattr(model.config, "layer_types", None):
             model.config.layer_types = model.config.layer_types[: spec.keep_layers]
     return model
+
+
+# -- zoo v2: pretrained bases ---------------------------------------------------------------------------
+def pretrain_corpus(tok: Any, states: Sequence[State], noise: float, seed: int) -> list[Sample]:
+    """Noisy-expert transcripts: each state's conversation and a reply whose action is the expert's with
+    probability ``1 - noise``, else a random expert action of the recipe; next-token loss on every token
+    (the context too: the base learns to read observations, not only to answer them)."""
+    rng = random.Random(seed)
+    pool = sorted({s.expert_action for s in states})
+    out = []
+    for s in states:
+        action = s.expert_action if rng.random() >= noise else rng.choice(pool)
+        smp = to_sample(tok, s.context, action_reply(action))
+        out.append(Sample(smp.input_ids, [False] + [True] * (len(smp.input_ids) - 1), smp.sampler_logprobs))
+    return out
+
+
+def pretrain_base(recipe: Recipe, spec: BaseSpec, tok: Any, corpus: Sequence[Sample],
+                  cal: Sequence[State]) -> tuple[Any, dict[str, Any]]:
+    """One of the recipe's bases: pretrained on ``corpus`` until ``spec.until_accuracy`` is reached on the
+    calibration states (or for ``spec.train.steps`` steps)."""
+    from madopd_agents.hf import HFAgent
+    from madopd_agents.zoo import tiny_qwen3
+
+    model = tiny_qwen3(tok, size=spec.size, seed=spec.seed, **spec.overrides)
+    reached: list[float] = []
+
+    def competent(step: int) -> bool:
+        if spec.until_accuracy is None or step % spec.check_every:
+            return False
+        agent = HFAgent(model, tok, name=spec.name, batch_size=64)
+        reached.append(accuracy([parse_action(r) for r in generate(agent, [s.context for s in cal], recipe.max_new_tokens)], cal))
+        log(f"{spec.name}: calibration accuracy {reached[-1]:.3f} at step {step}")
+        return reached[-1] >= spec.until_accuracy
+
+    fit = train_samples(model, tok, corpus, spec.train, spec.seed, f"{spec.name} pretrain", stop=competent)
+    return model, {"fit": fit, "until_accuracy": spec.until_accuracy, "calibration_accuracy_at_stop": reached[-1] if reached else None,
+                   "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def confused(action: str, confuse: dict[str, str]) -> str:
+    """The action a teacher that mistakes ``kind`` for ``word`` writes (whole words only)."""
+    for kind, word in confuse.items():
+        action = re.sub(rf"\b{re.escape(kind)}\b", word, action)
+    return action
+
+
+def soft_errors(model: Any, tok: Any, held: Sequence[State], actions: Sequence[str], targets: Sequence[str]) -> dict[str, Any]:
+    """Where the model's greedy ``actions`` differ from ``targets`` (the reference teacher's), the
+    probability it gives the target reply: soft errors (a median well above 0) are what OPD can move."""
+    from madopd_distill.trainer import student_forward
+
+    wrong = [i for i, (a, t) in enumerate(zip(actions, targets)) if a != t]
+    p: list[float] = []
+    samples = [to_sample(tok, held[i].context, action_reply(targets[i])) for i in wrong]
+    with torch.no_grad():
+        for b in micro_batches(samples, "sample_sum", tok.pad_token_id, 16384):
+            lp = student_forward(model, b).token_logprobs
+            p += torch.zeros(len(b.samples)).index_add_(0, b.rows, lp).exp().tolist()
+    return {"states": len(held), "wrong": len(wrong), "agreement": 1 - len(wrong) / max(1, len(held)),
+            "median_p_teacher_action_where_wrong": statistics.median(p) if p else None,
+            "p10_p_teacher_action_where_wrong": sorted(p)[len(p) // 10] if p else None}
+
+
+class KindOracle:
+    """Each turn played by the team member strong in the state's kind (the first member where none is):
+    the better-of-both a multi-teacher method could reach."""
+
+    name = "oracle_by_kind"
+
+    def __init__(self, recipe: Recipe, team: Sequence[tuple[TeacherSpec, Any]]):
+        self.recipe, self.team = recipe, list(team)
+
+    def member(self, conv: Conversation) -> int:
+        kind = self.recipe.kind_of(conv[-1]["content"])
+        return next((k for k, (spec, _) in enumerate(self.team) if kind in spec.strengths), 0)
+
+    def act(self, conversations: list[Conversation], sampling: SamplingParams, infos: Any = None) -> list[Any]:
+        picks = [self.member(c) for c in conversations]
+        out: list[Any] = [None] * len(conversations)
+        for k, (_, agent) in enumerate(self.team):
+            idx = [i for i, p in enumerate(picks) if p == k]
+            for i, o in zip(idx, agent.act([conversations[i] for i in idx], sampling) if idx else []):
+                out[i] = o
+        return out
+
+    def close(self) -> None:
+        pass
 
 
 # -- generation and measurement ----------------------------------------------------------------------
@@ -246,8 +344,8 @@ def subset_accuracy(actions: Sequence[str], states: Sequence[State], recipe: Rec
     return out
 
 
-def measure_debate(recipe: Recipe, agents: Sequence[Any], held: Sequence[State]) -> dict[str, Any]:
-    """Run MAD-OPD's own debate over the held-out states with the built teachers and measure it."""
+def measure_debate(recipe: Recipe, specs: Sequence[TeacherSpec], agents: Sequence[Any], held: Sequence[State]) -> dict[str, Any]:
+    """Run MAD-OPD's own debate over the held-out states with the built team and measure it."""
     gens = [lambda convs, a=a: generate(a, convs, recipe.max_new_tokens) for a in agents]
     debates = debate.run_debate([s.context for s in held], gens, rounds=DEBATE_ROUNDS, tau=1.0, mode="agentic")
     replies = [r for d in debates for rnd in d.replies for r in rnd]
@@ -267,7 +365,7 @@ def measure_debate(recipe: Recipe, agents: Sequence[Any], held: Sequence[State])
             favoured += right[best] and d.weights[best] > min(d.weights)
     # Scoring context (what MAD-OPD's teachers condition on) vs the plain state, per teacher.
     scoring = {}
-    for k, (spec, agent) in enumerate(zip(recipe.teachers, agents)):
+    for k, (spec, agent) in enumerate(zip(specs, agents)):
         convs = [debate.scoring_context(s.context, d.transcript(), k, "agentic") for s, d in zip(held, debates)]
         scoring[spec.name] = accuracy([parse_action(r) for r in generate(agent, convs, recipe.max_new_tokens)], held)
     weights = [d.weights for d in debates]
@@ -326,15 +424,21 @@ def build(recipe: Recipe, command: str = "", out_root: Path | None = None, episo
     if tok is None:
         tok = build_tokenizer(corpus, vocab_size=recipe.vocab_size)
 
-    def plain(states: Sequence[State]) -> list[Pair]:
-        return [(s.context, action_reply(s.expert_action)) for s in states]
+    def plain(states: Sequence[State], confuse: dict[str, str] | None = None) -> list[Pair]:
+        return [(s.context, action_reply(confused(s.expert_action, confuse or {}))) for s in states]
 
-    teachers, agents, figures = [], [], {}
+    bases, figures = {}, {}
+    if recipe.bases:
+        corpus_samples = pretrain_corpus(tok, train_states, recipe.pretrain_noise, recipe.seed)
+        for spec_b in recipe.bases:
+            bases[spec_b.name], figures[f"base:{spec_b.name}"] = pretrain_base(recipe, spec_b, tok, corpus_samples, cal_states)
+
+    teachers, agents = [], []
     for i, spec in enumerate(recipe.teachers):
         rng = random.Random(recipe.seed * 1000 + i)
         own = [s for s in train_states if s.kind in spec.strengths or rng.random() < spec.other_fraction]
-        model = new_model(tok, spec)
-        fit = train(model, tok, plain(own), spec.policy, spec.seed, f"{spec.name} policy")
+        model = new_model(tok, spec, bases)
+        fit = train(model, tok, plain(own, spec.confuse), spec.policy, spec.seed, f"{spec.name} policy")
         teachers.append((spec, model, own, fit))
         agents.append(HFAgent(model, tok, name=spec.name, batch_size=32))
 
@@ -347,53 +451,66 @@ def build(recipe: Recipe, command: str = "", out_root: Path | None = None, episo
                                                                recipe.max_new_tokens)])
         log(f"{spec.name} calibration (confidence per kind): {tables[-1]}")
 
+    # The team debates (every teacher, unless the recipe names a team beside a reference teacher).
+    props = recipe.properties
+    ref_name = props.reference_teacher or recipe.teachers[0].name
+    team_names = props.team if props.team is not None else [t.name for t in recipe.teachers]
+    team = [k for k, t in enumerate(recipe.teachers) if t.name in team_names]
     for k, (spec, model, own, fit) in enumerate(teachers):
-        pairs = plain(own)
+        pairs = plain(own, spec.confuse)
         for j, s in enumerate(train_states):
-            acts = [own_actions[t][j] for t in range(len(teachers))]
-            confs = [stated_confidence(tables[t], s, acts[t], recipe.calibrate_by) for t in range(len(teachers))]
-            pairs += debate_samples(s, k, acts, confs, DEBATE_ROUNDS)
+            if k in team:
+                acts = [own_actions[t][j] for t in team]
+                confs = [stated_confidence(tables[t], s, own_actions[t][j], recipe.calibrate_by) for t in team]
+                pairs += debate_samples(s, team.index(k), acts, confs, DEBATE_ROUNDS)
             pairs += judge_samples(s, "two") + judge_samples(s, "three")
         fit2 = train(model, tok, pairs, spec.protocol, spec.seed + 1, f"{spec.name} protocol")
-        figures[spec.name] = {"role": "teacher", "strengths": spec.strengths, "other_fraction": spec.other_fraction,
+        figures[spec.name] = {"role": "teacher", "base": spec.base, "strengths": spec.strengths,
+                              "other_fraction": spec.other_fraction, "confuse": spec.confuse,
                               "train_states": len(own), "calibration": tables[k],
                               "fit": {"policy": fit, "protocol": fit2}}
 
     episodes = EpisodeEval(recipe) if episodes_eval else None
+    held_actions = {}
     for (spec, model, _, _), agent in zip(teachers, agents):
-        acts = [parse_action(r) for r in generate(agent, [s.context for s in held], recipe.max_new_tokens)]
+        acts = held_actions[spec.name] = [parse_action(r) for r in generate(agent, [s.context for s in held], recipe.max_new_tokens)]
         figures[spec.name]["heldout_plain_accuracy"] = subset_accuracy(acts, held, recipe)
         figures[spec.name]["judge"] = {scheme: measure_judge(agent, held, scheme, recipe.max_new_tokens)
                                        for scheme in sage.LEVELS}
         if episodes:
             figures[spec.name]["heldout_episodes"] = episodes(agent)
-    debate_figures = measure_debate(recipe, agents, held)
+    debate_figures = measure_debate(recipe, [recipe.teachers[k] for k in team], [agents[k] for k in team], held)
     log(f"debate: {json.dumps(debate_figures)}")
+    if episodes and len(team) >= 2:
+        debate_figures["oracle_by_kind_episodes"] = episodes(KindOracle(recipe, [(recipe.teachers[k], agents[k]) for k in team]))
 
     students = []
     for spec_s in recipe.students:
         rng = random.Random(recipe.seed + 7)
         tasks = sorted({s.task_id for s in train_states})
         chosen = set(rng.sample(tasks, min(spec_s.episodes, len(tasks))))
-        model = new_model(tok, spec_s)
+        model = new_model(tok, spec_s, bases)
         kept = [s for s in train_states if s.task_id in chosen and (not spec_s.strengths or s.kind in spec_s.strengths)]
         fit = train(model, tok, plain(kept), spec_s.train, spec_s.seed, f"{spec_s.name} sft")
         agent = HFAgent(model, tok, name=spec_s.name, batch_size=32)
         acts = [parse_action(r) for r in generate(agent, [s.context for s in held], recipe.max_new_tokens)]
-        figures[spec_s.name] = {"role": "student", "strengths": spec_s.strengths or "all", "sft_episodes": len(chosen),
-                                "sft_states": len(kept), "fit": fit,
-                                "heldout_plain_accuracy": subset_accuracy(acts, held, recipe)}
+        figures[spec_s.name] = {"role": "student", "base": spec_s.base, "strengths": spec_s.strengths or "all",
+                                "sft_episodes": len(chosen), "sft_states": len(kept), "fit": fit,
+                                "heldout_plain_accuracy": subset_accuracy(acts, held, recipe),
+                                "soft_errors": soft_errors(model, tok, held, acts, held_actions[ref_name])}
         if episodes:
             figures[spec_s.name]["heldout_episodes"] = episodes(agent)
         students.append((spec_s, model))
     if episodes:
         episodes.close()
+    properties = check_properties(recipe, figures, debate_figures) if episodes else {}
 
     build_s = time.perf_counter() - t_start
     index = {"recipe": recipe.name, "env": recipe.env, "env_kwargs": recipe.env_kwargs, "prompt": recipe.prompt,
              "command": command, "seed": recipe.seed, "build_seconds": round(build_s, 1),
              "states": {"train": len(train_states), "calibration": len(cal_states), "heldout": len(held)},
-             "debate": debate_figures, "models": {}}
+             "debate": debate_figures, "properties": properties,
+             "bases": {k.removeprefix("base:"): v for k, v in figures.items() if k.startswith("base:")}, "models": {}}
     for spec_m, model in [(t[0], t[1]) for t in teachers] + students:
         path = root / spec_m.name
         _save_folder(path, model, tok)
@@ -404,7 +521,47 @@ def build(recipe: Recipe, command: str = "", out_root: Path | None = None, episo
         write_card(path, recipe, entry, index)
     atomic_write(root / "zoo.json", json.dumps(_finite(index), indent=2))
     log(f"{recipe.name}: built {len(index['models'])} models in {build_s:.0f} s -> {root}")
+    missed = [f"{k} ({v['value']} vs {v['rule']})" for k, v in properties.items() if not v["passed"]]
+    if missed and recipe.properties.check:
+        raise PropertyError(f"zoo {recipe.name} misses {len(missed)} required properties: {'; '.join(missed)} "
+                            f"(figures in {root / 'zoo.json'})")
     return index
+
+
+class PropertyError(RecipeError):
+    """A built zoo that lacks a property distillation needs (see ``Properties``)."""
+
+
+def check_properties(recipe: Recipe, figures: dict[str, Any], debate_figures: dict[str, Any]) -> dict[str, Any]:
+    """Each required property (``Recipe.properties``) with its measured value, its rule and whether it holds."""
+    props = recipe.properties
+    out: dict[str, Any] = {}
+
+    def rule(name: str, value: float | None, op: str, bound: float) -> None:
+        ok = value is not None and (value >= bound if op == ">=" else value <= bound if op == "<=" else value > bound)
+        out[name] = {"value": None if value is None else round(value, 4), "rule": f"{op} {round(bound, 4)}", "passed": bool(ok)}
+
+    success = {t.name: figures[t.name]["heldout_episodes"]["success_rate"] for t in recipe.teachers}
+    ref = props.reference_teacher or recipe.teachers[0].name
+    rule(f"{ref} success (reference teacher)", success[ref], ">=", props.min_reference_success)
+    for name, v in success.items():
+        rule(f"{name} success", v, ">=", props.min_teacher_success)
+    for st in recipe.students:
+        f = figures[st.name]
+        rule(f"{st.name} success", f["heldout_episodes"]["success_rate"], "<=", props.max_student_share * success[ref])
+        rule(f"{st.name} soft errors (median p of the teacher's action where wrong)",
+             f["soft_errors"]["median_p_teacher_action_where_wrong"], ">=", props.min_soft_p)
+    team = props.team if props.team is not None else [t.name for t in recipe.teachers]
+    if len(team) >= 2 and "oracle_by_kind_episodes" in debate_figures:
+        acc = {t.name: figures[t.name]["heldout_plain_accuracy"] for t in recipe.teachers}
+        for a in team:
+            for b in team:
+                if a != b:
+                    rule(f"{a} over {b} on {a}'s kinds (state accuracy gap)",
+                         acc[a][f"{a}_kinds"] - acc[b][f"{a}_kinds"], ">=", props.min_kind_gap)
+        rule("oracle by kind success over the best team member", debate_figures["oracle_by_kind_episodes"]["success_rate"],
+             ">", max(success[n] for n in team))
+    return out
 
 
 def base_of(spec: TeacherSpec | StudentSpec) -> dict[str, str]:

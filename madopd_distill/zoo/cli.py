@@ -26,9 +26,13 @@ def build_main(argv: list[str]) -> int:
     except (RecipeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from madopd_distill.zoo.build import build
+    from madopd_distill.zoo.build import PropertyError, build
 
-    build(recipe, command="python -m madopd_agents.zoo build " + " ".join(shlex.quote(a) for a in argv))
+    try:
+        build(recipe, command="python -m madopd_agents.zoo build " + " ".join(shlex.quote(a) for a in argv))
+    except PropertyError as e:  # the models and their figures are written; the zoo is not fit for distillation
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

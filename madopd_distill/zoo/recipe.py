@@ -61,6 +61,60 @@ class TrainSpec:
 
 
 @dataclass
+class BaseSpec:
+    """A base model pretrained by the build (zoo v2): next-token loss on *every* token of noisy-expert
+    transcripts of the train states (the expert's action with probability ``1 - pretrain_noise``, else a
+    random expert action of another state), so it learns to read the env before any post-training, and
+    its mistakes stay soft. ``until_accuracy`` stops pretraining, checked every ``check_every`` steps,
+    once its greedy accuracy on the calibration states reaches it: a base "pretrained to a competence"
+    (the papers' students are generalists that play the env a little, not models that never saw it).
+    Teachers and students name it as their ``base``."""
+
+    name: str
+    size: str = "S"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    train: TrainSpec = field(default_factory=lambda: TrainSpec(steps=1500, lr=3e-3))
+    until_accuracy: float | None = None
+    check_every: int = 50
+
+    def __post_init__(self) -> None:
+        if self.until_accuracy is not None and not 0.0 < self.until_accuracy <= 1.0:
+            raise RecipeError(f"base {self.name}: until_accuracy must be in (0, 1], got {self.until_accuracy}")
+        if self.check_every < 1:
+            raise RecipeError(f"base {self.name}: check_every must be >= 1")
+
+
+@dataclass
+class Properties:
+    """What a zoo must have for distillation to be testable on it (issue 26), measured on held-out
+    tasks and checked by the build: a build that misses one says which and exits non-zero.
+
+    Attributes:
+        reference_teacher: the teacher OPD distils from (default: the first).
+        team: the teachers that debate and split the kinds (MAD-OPD's, routing's; default: all).
+        min_reference_success / min_teacher_success: held-out success of it / of every teacher.
+        max_student_share: each student wins at most this share of what the reference teacher wins.
+        min_soft_p: where a student's greedy action differs from the reference teacher's, the median
+            probability it gives the teacher's action (soft errors: a gradient OPD can follow).
+        min_kind_gap: every teacher of ``team`` is this much more accurate than each other team member on
+            the held-out states of its own strengths (per-state accuracy: SimonSays mixes kinds within one
+            episode), and the oracle by kind (each state played by the team member strong in its kind)
+            wins more episodes than any member alone. ``team: []`` skips the multi-teacher checks.
+        check: ``false`` records the figures without failing the build (tests of the build itself).
+    """
+
+    reference_teacher: str | None = None
+    team: list[str] | None = None
+    min_reference_success: float = 0.8
+    min_teacher_success: float = 0.6
+    max_student_share: float = 0.5
+    min_soft_p: float = 0.05
+    min_kind_gap: float = 0.2
+    check: bool = True
+
+
+@dataclass
 class TeacherSpec:
     """A teacher: trained well on the states of its ``strengths`` kinds, and on ``other_fraction`` of
     the other states (so its skills are complementary to another teacher's in a measurable way).
@@ -69,9 +123,12 @@ class TeacherSpec:
         name: the model's name in the zoo (``zoo:<recipe>/<name>``).
         strengths: kinds (see ``Recipe.kinds``) whose states it trains on.
         other_fraction: share of the other kinds' states kept in its action training.
-        base: ``new`` (a tiny Qwen3 from config, ``size``/``overrides``) or a pretrained model to
-            fine-tune (folder, HF id in the local cache, ``zoo:smollm2-135m``); ``keep_layers`` keeps
-            its first N decoder layers (smaller students from the same base).
+        base: ``new`` (a tiny Qwen3 from config, ``size``/``overrides``), one of the recipe's ``bases``
+            (pretrained by the build), or a pretrained model to fine-tune (folder, HF id in the local
+            cache, ``zoo:smollm2-135m``); ``keep_layers`` keeps its first N decoder layers.
+        confuse: ``{kind: word}``: in its policy data, the expert's action on a state of ``kind`` names
+            ``word`` in place of ``kind`` (a teacher that mistakes one fruit for another: weak on that
+            kind by construction, while it still reads every other state).
         policy: stage 1, the plain action policy. protocol: stage 2, every format (plain, debate,
             revision, scoring, judge) on top of stage 1.
     """
@@ -83,6 +140,7 @@ class TeacherSpec:
     keep_layers: int | None = None
     size: str = "S"
     overrides: dict[str, Any] = field(default_factory=dict)
+    confuse: dict[str, str] = field(default_factory=dict)
     seed: int = 0
     policy: TrainSpec = field(default_factory=TrainSpec)
     protocol: TrainSpec = field(default_factory=TrainSpec)
@@ -136,6 +194,9 @@ class Recipe:
     kinds: list[str]
     teachers: list[TeacherSpec]
     students: list[StudentSpec]
+    bases: list[BaseSpec] = field(default_factory=list)
+    pretrain_noise: float = 0.3
+    properties: Properties = field(default_factory=Properties)
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     prompt: dict[str, Any] = field(default_factory=dict)
     train_tasks: TaskRange = field(default_factory=lambda: TaskRange(0, 400))
@@ -157,11 +218,19 @@ class Recipe:
             raise RecipeError(f"recipe {self.name}: a zoo needs >= 2 teachers (debates, routing); got {len(self.teachers)}")
         if not self.students:
             raise RecipeError(f"recipe {self.name}: name at least one student")
-        bases = {m.base == "new" for m in [*self.teachers, *self.students]}
+        own = {b.name for b in self.bases}
+        bases = {m.base == "new" or m.base in own for m in [*self.teachers, *self.students]}
         if len(bases) > 1:
             raise RecipeError(f"recipe {self.name}: teachers and students share one tokenizer: build them all "
                               f"from base=new, or all from pretrained bases with the same tokenizer")
+        if not 0.0 <= self.pretrain_noise < 1.0:
+            raise RecipeError(f"recipe {self.name}: pretrain_noise must be in [0, 1), got {self.pretrain_noise}")
         names = [m.name for m in [*self.teachers, *self.students]]
+        teacher_names = [t.name for t in self.teachers]
+        props = self.properties
+        for n in [props.reference_teacher, *(props.team or [])]:
+            if n is not None and n not in teacher_names:
+                raise RecipeError(f"properties: no teacher {n!r}; teachers: {teacher_names}")
         if len(set(names)) != len(names):
             raise RecipeError(f"recipe {self.name}: model names must be unique, got {names}")
         for t in self.teachers:
@@ -190,6 +259,8 @@ class Recipe:
                     d[key] = _from_dict(TaskRange, d[key], key)
             d["teachers"] = [_spec(TeacherSpec, t, ("policy", "protocol")) for t in d.get("teachers") or []]
             d["students"] = [_spec(StudentSpec, s, ("train",)) for s in d.get("students") or []]
+            d["bases"] = [_spec(BaseSpec, b, ("train",)) for b in d.get("bases") or []]
+            d["properties"] = _from_dict(Properties, d.get("properties") or {}, "properties")
             for key in ("env_kwargs", "prompt"):
                 d[key] = d.get(key) or {}
             return _from_dict(cls, d, "zoo recipe")
@@ -210,4 +281,6 @@ def _spec(cls: type, d: Any, nested: tuple[str, ...]) -> Any:
         if key in d:
             d[key] = _from_dict(TrainSpec, d[key], key)
     d["overrides"] = d.get("overrides") or {}
+    if cls is TeacherSpec:
+        d["confuse"] = d.get("confuse") or {}
     return _from_dict(cls, d, cls.__name__)

@@ -15,11 +15,13 @@ from madopd_distill.zoo.build import calibration_table, expected_calibration_err
 from madopd_distill.zoo.data import State, collect_states, judge_samples
 
 REPO = Path(__file__).resolve().parents[2]
-# The simonsays recipe at toy size: a few tasks, a few steps (seconds, not the full build's minutes).
-TOY = ["train_tasks.count=12", "calibration_tasks.count=4", "heldout_tasks.count=3", "students.0.episodes=3",
-       "max_new_tokens=12", "teachers.0.protocol.batch_samples=8", "teachers.1.protocol.batch_samples=8",
-       "students.0.train.steps=2"] + [f"teachers.{k}.{stage}.steps=2" for k in (0, 1) for stage in ("policy", "protocol")]
-
+# The simonsays recipe at toy size: a few tasks, a few steps (seconds, not the full build's minutes); the
+# properties are measured and recorded but do not fail the toy build (a toy cannot have them).
+TOY = ["train_tasks.count=12", "calibration_tasks.count=4", "heldout_tasks.count=3", "max_new_tokens=12",
+       "bases.0.train.steps=3", "bases.1.train.steps=4", "bases.1.check_every=2", "properties.check=false"] + [
+       f"teachers.{k}.{stage}.steps=2" for k in (0, 1, 2) for stage in ("policy", "protocol")] + [
+       f"teachers.{k}.protocol.batch_samples=8" for k in (0, 1, 2)]
+MODELS = {"teacher", "teacher_a", "teacher_b", "student"}
 
 def zoo(args: list[str], cache: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "MADOPD_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
@@ -46,7 +48,7 @@ def test_toy_build_writes_models_cards_and_index(toy_zoo) -> None:
     cache, index = toy_zoo
     listed = json.loads(zoo(["list", "--json"], cache).stdout)
     mine = {k: v for k, v in listed.items() if k.startswith("toyzoo/")}
-    assert set(mine) == {"toyzoo/teacher_a", "toyzoo/teacher_b", "toyzoo/student"}
+    assert set(mine) == {f"toyzoo/{m}" for m in MODELS}
     for name, card in mine.items():
         folder = Path(card["path"])
         assert folder.parent == cache / "zoo" / "toyzoo"
@@ -57,7 +59,13 @@ def test_toy_build_writes_models_cards_and_index(toy_zoo) -> None:
     teacher = mine["toyzoo/teacher_a"]
     assert set(teacher["calibration"]) >= {"apple", "other"} and set(teacher["judge"]) == {"two", "three"}
     assert {"tag_parse_rate", "ece_round1", "right_teacher_favoured", "scoring_context_accuracy"} <= set(index["debate"])
-    assert json.loads((cache / "zoo" / "toyzoo" / "zoo.json").read_text())["models"].keys() == {"teacher_a", "teacher_b", "student"}
+    assert json.loads((cache / "zoo" / "toyzoo" / "zoo.json").read_text())["models"].keys() == MODELS
+    # zoo v2: pretrained bases, the student stopped by its competence check, the properties recorded
+    assert index["bases"]["teacher_base"]["fit"]["steps"] == 3 and index["bases"]["student_base"]["fit"]["steps"] <= 4
+    assert mine["toyzoo/student"]["base"] == "student_base" and "median_p_teacher_action_where_wrong" in mine["toyzoo/student"]["soft_errors"]
+    assert "oracle_by_kind_episodes" in index["debate"] and mine["toyzoo/teacher_a"]["confuse"] == {"tangerine": "orange"}
+    assert {"teacher success (reference teacher)", "oracle by kind success over the best team member"} <= set(index["properties"])
+    assert all(set(v) == {"value", "rule", "passed"} for v in index["properties"].values())
     toks = {(Path(c["path"]) / "tokenizer.json").read_text() for c in mine.values()}
     assert len(toks) == 1  # one tokenizer for the whole recipe
 
@@ -115,7 +123,7 @@ def test_bad_recipes_fail_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
 
     for args, needle in [(["simonsays", "env=madopd/NoSuchEnv-v0"], "NoSuchEnv"),
                          (["no_such_recipe"], "no zoo recipe"),
-                         (["simonsays", "teachers.0.base=/nowhere/model", "teachers.1.base=/nowhere/model",
+                         (["simonsays", *[f"teachers.{k}.base=/nowhere/model" for k in (0, 1, 2)],
                            "students.0.base=/nowhere/model"], "/nowhere/model"),
                          (["simonsays", "heldout_tasks.first=0"], "overlap"),
                          (["simonsays", "teachers.0.policy.steps=-1"], "steps >= 0"),
@@ -138,12 +146,46 @@ def test_bases_with_different_tokenizers_are_refused(tmp_path: Path) -> None:
         tok = build_tokenizer([text], vocab_size=280)
         _save_folder(tmp_path / name, tiny_qwen3(tok, "S", num_hidden_layers=1), tok)
     recipe = load_recipe("simonsays", [f"teachers.0.base={tmp_path / 'one'}", f"teachers.1.base={tmp_path / 'two'}",
-                                       f"students.0.base={tmp_path / 'one'}"])
+                                       f"teachers.2.base={tmp_path / 'one'}", f"students.0.base={tmp_path / 'one'}"])
     with pytest.raises(RecipeError, match="different tokenizers"):
         check_bases(recipe)
 
 
+def test_a_zoo_that_misses_a_property_is_refused(tmp_path: Path) -> None:
+    """The toy build with its checks on: the models and figures are written, the CLI names what is missed
+    in one line and exits 1."""
+    r = zoo(["build", "simonsays", *[a for a in TOY if a != "properties.check=false"], "name=toyfail"], tmp_path)
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and err[-1].startswith("error: zoo toyfail misses"), r.stderr[-2000:]
+    assert "teacher success (reference teacher) (0.0 vs >= 0.8)" in err[-1]
+    props = json.loads((tmp_path / "zoo" / "toyfail" / "zoo.json").read_text())["properties"]
+    assert props["teacher success (reference teacher)"] == {"value": 0.0, "rule": ">= 0.8", "passed": False}
+
+
+def test_property_rules_by_hand() -> None:
+    from madopd_distill.zoo.build import check_properties
+
+    recipe = load_recipe("simonsays")
+    ep = lambda s: {"heldout_episodes": {"success_rate": s}}  # noqa: E731
+    acc = lambda a, b: {"heldout_plain_accuracy": {"teacher_a_kinds": a, "teacher_b_kinds": b}}  # noqa: E731
+    figures = {"teacher": {**ep(0.9), **acc(1, 1)}, "teacher_a": {**ep(0.7), **acc(1.0, 0.5)},
+               "teacher_b": {**ep(0.65), **acc(0.6, 1.0)},
+               "student": {**ep(0.45), "soft_errors": {"median_p_teacher_action_where_wrong": 0.2}}}
+    debate = {"oracle_by_kind_episodes": {"success_rate": 0.95}}
+    assert all(v["passed"] for v in check_properties(recipe, figures, debate).values())
+    figures["student"]["heldout_episodes"]["success_rate"] = 0.46  # more than half of 0.9
+    figures["teacher_b"]["heldout_plain_accuracy"]["teacher_a_kinds"] = 0.85  # gap 0.15 on teacher_a's kinds
+    debate["oracle_by_kind_episodes"]["success_rate"] = 0.7  # not above the best member (0.7)
+    failed = {k for k, v in check_properties(recipe, figures, debate).items() if not v["passed"]}
+    assert failed == {"student success", "teacher_a over teacher_b on teacher_a's kinds (state accuracy gap)",
+                      "oracle by kind success over the best team member"}
+
+
 def test_recipe_checks() -> None:
+    with pytest.raises(RecipeError, match="properties: no teacher 'nobody'"):
+        load_recipe("simonsays", ["properties.team=[teacher_a,nobody]"])
+    with pytest.raises(RecipeError, match="until_accuracy must be in"):
+        load_recipe("simonsays", ["bases.1.until_accuracy=1.5"])
     with pytest.raises(RecipeError, match="strengths"):
         load_recipe("simonsays", ["teachers.0.strengths=[kiwi]"])
     with pytest.raises(RecipeError, match="student student: strengths"):
@@ -166,8 +208,11 @@ def test_every_recipe_builds_at_toy_size(tmp_path: Path, monkeypatch: pytest.Mon
     for name in recipes:
         if name == "simonsays":
             continue
-        toy = [x.replace("train_tasks.count=12", "train_tasks.count=4").replace("episodes=3", "episodes=4")
-               for x in TOY]
+        n_teachers = len(load_recipe(name).teachers)
+        toy = ["train_tasks.count=4", "calibration_tasks.count=4", "heldout_tasks.count=3", "max_new_tokens=12",
+               "students.0.episodes=4", "students.0.train.steps=2"] + [
+               f"teachers.{k}.{stage}.steps=2" for k in range(n_teachers) for stage in ("policy", "protocol")] + [
+               f"bases.{k}.train.steps=2" for k in range(len(load_recipe(name).bases))]
         index = build(load_recipe(name, toy), episodes_eval=False)
         assert set(index["models"]) == {t.name for t in load_recipe(name).teachers} | {s.name for s in load_recipe(name).students}
         assert all((tmp_path / "zoo" / name / m / "card.json").is_file() for m in index["models"])

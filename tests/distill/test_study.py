@@ -162,7 +162,7 @@ def test_study_kill_resume_and_a_crashing_cell(tmp_path: Path, models: dict[str,
     assert "success [95% CI]" in md and "| `opd` | 2/2 |" in md and "hierarchical bootstrap" in md
     assert "lr must be > 0" in md
     assert "| `grpo` | 8 |" in md  # the compute table
-    for fig in ("success_vs_step.png", "success_vs_student_tokens.png", "kl_token_vs_step.png", "kl_traj_vs_step.png",
+    for fig in ("success_vs_step.png", "success_vs_student_tokens.png", "gate_success_vs_step.png", "kl_token_vs_step.png", "kl_traj_vs_step.png",
                 "probe_kl_vs_step.png", "probe_agreement_vs_step.png"):
         assert (out / "figures" / fig).read_bytes()[:4] == b"\x89PNG"
     assert [json.loads(x)["step"] for x in (out / "cells" / "opd-s0" / "log.jsonl").read_text().splitlines()
@@ -268,6 +268,20 @@ def test_cells_selection_and_unknown_cells(tmp_path: Path, models: dict[str, str
     assert jsd.args == {"divergence": "jsd", "reduction": "token_mean", "sample_mode": "turn", "beta": 0.5}
     with pytest.raises(StudyError, match="matches no cell"):
         select_cells(cells, ["tcod-*"])
+
+
+def test_ref_teacher_and_team_choose_each_methods_teachers(tmp_path: Path, models: dict[str, str]) -> None:
+    from madopd_distill.study.config import StudyError, build_cells, load_study
+
+    methods = "  opd: {teachers: ['@ref']}\n  mt_opd: {}\n  grpo: {teachers: [], overrides: [rollout.group_size=2]}"
+    three = "teachers=[{name:ref,path:'zoo:r'},{name:a,path:'zoo:a'},{name:b,path:'zoo:b'}]"
+    cfg = load_study(str(study_yaml(tmp_path, models, methods=methods)), [three, "++ref_teacher=ref", "++team=[a,b]"], Path("."))
+    chosen = {c.label: [t["name"] for t in c.teachers] for c in build_cells(cfg)}
+    assert chosen == {"opd": ["ref"], "mt_opd": ["a", "b"], "grpo": []}
+    cfg = load_study(str(study_yaml(tmp_path, models, methods=methods)), [three], Path("."))  # defaults: first, all
+    assert {c.label: [t["name"] for t in c.teachers] for c in build_cells(cfg)} == {"opd": ["ref"], "mt_opd": ["ref", "a", "b"], "grpo": []}
+    with pytest.raises(StudyError, match="no teacher 'c'"):
+        build_cells(load_study(str(study_yaml(tmp_path, models, methods=methods)), [three, "++team=[a,c]"], Path(".")))
 
 
 def test_build_seeds_template(tmp_path: Path, models: dict[str, str]) -> None:

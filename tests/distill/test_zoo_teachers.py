@@ -31,7 +31,7 @@ def two_steps(args: list[str], out: Path) -> list[dict]:
 
 
 def test_the_zoo_is_committed_with_cards() -> None:
-    for name in ("teacher_a", "teacher_b", "student"):
+    for name in ("teacher", "teacher_a", "teacher_b", "student"):
         card = json.loads((ZOO / name / "card.json").read_text())
         assert (ZOO / name / "model.safetensors").is_file() and card["command"].startswith("python -m madopd_agents.zoo")
 

@@ -452,10 +452,8 @@ def build(recipe: Recipe, command: str = "", out_root: Path | None = None, episo
         log(f"{spec.name} calibration (confidence per kind): {tables[-1]}")
 
     # The team debates (every teacher, unless the recipe names a team beside a reference teacher).
-    props = recipe.properties
-    ref_name = props.reference_teacher or recipe.teachers[0].name
-    team_names = props.team if props.team is not None else [t.name for t in recipe.teachers]
-    team = [k for k, t in enumerate(recipe.teachers) if t.name in team_names]
+    ref_name = recipe.reference_teacher()
+    team = [k for k, t in enumerate(recipe.teachers) if t.name in recipe.team()]
     for k, (spec, model, own, fit) in enumerate(teachers):
         pairs = plain(own, spec.confuse)
         for j, s in enumerate(train_states):
@@ -542,7 +540,7 @@ def check_properties(recipe: Recipe, figures: dict[str, Any], debate_figures: di
         out[name] = {"value": None if value is None else round(value, 4), "rule": f"{op} {round(bound, 4)}", "passed": bool(ok)}
 
     success = {t.name: figures[t.name]["heldout_episodes"]["success_rate"] for t in recipe.teachers}
-    ref = props.reference_teacher or recipe.teachers[0].name
+    ref = recipe.reference_teacher()
     rule(f"{ref} success (reference teacher)", success[ref], ">=", props.min_reference_success)
     for name, v in success.items():
         rule(f"{name} success", v, ">=", props.min_teacher_success)
@@ -551,7 +549,7 @@ def check_properties(recipe: Recipe, figures: dict[str, Any], debate_figures: di
         rule(f"{st.name} success", f["heldout_episodes"]["success_rate"], "<=", props.max_student_share * success[ref])
         rule(f"{st.name} soft errors (median p of the teacher's action where wrong)",
              f["soft_errors"]["median_p_teacher_action_where_wrong"], ">=", props.min_soft_p)
-    team = props.team if props.team is not None else [t.name for t in recipe.teachers]
+    team = recipe.team()
     if len(team) >= 2 and "oracle_by_kind_episodes" in debate_figures:
         acc = {t.name: figures[t.name]["heldout_plain_accuracy"] for t in recipe.teachers}
         for a in team:

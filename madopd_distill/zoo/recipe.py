@@ -269,6 +269,14 @@ class Recipe:
         except (TypeError, ValueError) as e:
             raise RecipeError(str(e)) from None
 
+    def reference_teacher(self) -> str:
+        """The teacher OPD distils from (``properties.reference_teacher``, default the first)."""
+        return self.properties.reference_teacher or self.teachers[0].name
+
+    def team(self) -> list[str]:
+        """The teachers that debate and split the kinds (``properties.team``, default all)."""
+        return self.properties.team if self.properties.team is not None else [t.name for t in self.teachers]
+
     def kind_of(self, observation: str) -> str:
         """The state's kind: the kind word found earliest in ``observation``, else ``other``."""
         found = [(m.start(), k) for k in self.kinds if (m := re.search(rf"\b{re.escape(k)}\b", observation))]

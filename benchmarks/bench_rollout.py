@@ -14,6 +14,13 @@ same tokens (checked; the run fails otherwise). Sides:
 - ``batched``: ``HFAgent``, all environments in one batch, no prefix cache.
 - ``cached``: ``HFAgent``'s default: one batch and the prefix cache (each turn encodes only the
   tokens the env added).
+- ``vllm``: ``VLLMAgent``, a ``vllm.LLM`` engine on the same weights (continuous batching, automatic
+  prefix caching), in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, so its CPU time is counted
+  here). Needs vLLM: run with ``.venv-vllm/bin/python`` (``make setup-vllm``); float32 like the HF sides.
+  Its greedy tokens may differ from HF's by kernel numerics where two tokens nearly tie; the run
+  reports that instead of failing.
+
+    .venv-vllm/bin/python benchmarks/bench_rollout.py --quick --sides sequential cached vllm --envs 1 8 32
 
 Rollout tokens/s = student tokens sampled / wall seconds of ``collect`` (env steps included: the
 same work on every side). Tokens per CPU-s = the same tokens / CPU seconds of this process inside
@@ -32,8 +39,10 @@ import time
 from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the vllm side's engine in this process
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-SIDES = ("generate", "sequential", "batched", "cached")
+SIDES = ("generate", "sequential", "batched", "cached", "vllm")
 
 
 class PerEnv:
@@ -99,50 +108,43 @@ class Counting:
         pass
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="zoo:smollm2-135m", help="HF folder or zoo name (default zoo:smollm2-135m)")
-    ap.add_argument("--env", default="madopd/TWX-CookingWorld-v0")
-    ap.add_argument("--envs", type=int, default=8, help="concurrent environments (one batch)")
-    ap.add_argument("--turns", type=int, default=8, help="env steps per episode")
-    ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--prompt", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="PromptFormat settings, e.g. show_actions=false (default: the project's default prompt)")
-    ap.add_argument("--sides", nargs="+", default=list(SIDES), choices=SIDES)
-    ap.add_argument("--repeat", type=int, default=1, help="interleaved repeats per side; the best counts")
-    ap.add_argument("--quick", action="store_true", help="zoo:tiny-M, 6 turns, 24 new tokens (about a minute)")
-    ap.add_argument("--json", help="write the figures here")
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.model, args.turns, args.max_new_tokens = "zoo:tiny-M", 6, 24
+def make_agents(args: argparse.Namespace, batch_size: int) -> dict[str, Any]:
+    """Every requested side's agent; the HF sides share one model, the vllm side starts one engine."""
+    from madopd_agents.hf import HFAgent
 
-    import torch
+    cached = HFAgent.from_pretrained(args.model, batch_size=batch_size)
+    plain = HFAgent(cached.model, cached.tokenizer, batch_size=batch_size, prefix_cache=0)
+    agents = {"generate": Generate(plain), "sequential": PerEnv(plain, "sequential"), "batched": plain,
+              "cached": cached}
+    if "vllm" in args.sides:
+        from madopd_agents.vllm import VLLMAgent
 
+        agents["vllm"] = VLLMAgent.from_pretrained(args.model, name="vllm", dtype="float32", enforce_eager=True,
+                                                   max_num_seqs=max(batch_size, 8))
+    return agents
+
+
+def run_sides(args: argparse.Namespace, fmt: dict[str, Any], n_envs: int, agents: dict[str, Any]) -> list[dict]:
+    """The requested sides on the same ``n_envs`` episodes (greedy), interleaved ``--repeat`` times."""
     from madopd_agents.base import SamplingParams
     from madopd_agents.hf import HFAgent
     from madopd_distill.rollout import RolloutCollector, RolloutPrompt, group_episodes
 
-    fmt: dict[str, Any] = {}
-    for kv in args.prompt:
-        key, _, value = kv.partition("=")
-        fmt[key] = json.loads(value) if value[:1] in "0123456789tfn[{-" else value
-
-    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    cached = HFAgent.from_pretrained(args.model, batch_size=args.envs)
-    plain = HFAgent(cached.model, cached.tokenizer, batch_size=args.envs, prefix_cache=0)
-    agents = {"generate": Generate(plain), "sequential": PerEnv(plain, "sequential"), "batched": plain,
-              "cached": cached}
+    cached = agents["cached"]
     sampling = SamplingParams(temperature=0, max_new_tokens=args.max_new_tokens)
     rows: list[dict[str, Any]] = []
-    by: dict[str, dict[str, Any]] = {}
     ref = None
-    with RolloutCollector(args.env, args.envs, None, sampling, max_env_steps=args.turns,
+    with RolloutCollector(args.env, n_envs, None, sampling, max_env_steps=args.turns,
                           prompt=RolloutPrompt.for_env(args.env, **fmt)) as col:
-        tasks = col.vec.call("tasks", "train", indices=[0])[0][: args.envs]
+        tasks = col.vec.call("tasks", "train", indices=[0])[0][:n_envs]
         episodes = group_episodes(tasks, 1)
         col.collect(episodes[:1], student=HFAgent(cached.model, cached.tokenizer, prefix_cache=0))  # warm-up
-        for side in [s for _ in range(args.repeat) for s in args.sides]:  # interleaved repeats: best of each
+        if "vllm" in agents:
+            col.collect(episodes[:1], student=agents["vllm"])
+        for side in [s for _ in range(args.repeat) for s in args.sides]:
             cached.clear_cache()
+            if side == "vllm":
+                agents["vllm"].llm.reset_prefix_cache()  # every side starts cold
             agent = Counting(agents[side])
             t0 = time.perf_counter()
             trajs = col.collect(episodes, student=agent)
@@ -154,30 +156,72 @@ def main(argv: list[str] | None = None) -> int:
             same = ref is None or toks == ref
             ref = toks if ref is None else ref
             st = col.last_stats
-            row = {"side": side, "tokens": st.sampled_tokens, "env_steps": st.env_steps, "seconds": wall,
-                   "tokens_per_s": st.sampled_tokens / wall, "generate_seconds": agent.wall,
+            row = {"side": side, "envs": n_envs, "tokens": st.sampled_tokens, "env_steps": st.env_steps,
+                   "seconds": wall, "tokens_per_s": st.sampled_tokens / wall, "generate_seconds": agent.wall,
                    "generate_cpu_seconds": agent.cpu, "tokens_per_cpu_s": st.sampled_tokens / agent.cpu,
                    "prefill_tokens": agent.prefill, "identical_tokens": same}
-            best = by.get(side)
-            if best is None or row["tokens_per_cpu_s"] > best["tokens_per_cpu_s"]:
-                by[side] = row
-            print(f"{side:>10}: {st.sampled_tokens} tokens, {st.env_steps} env steps, {agent.prefill} prefill tokens; "
-                  f"rollout {wall:.1f} s = {row['tokens_per_s']:.1f} tok/s; generating {agent.wall:.1f} s wall, "
-                  f"{agent.cpu:.1f} s CPU = {row['tokens_per_cpu_s']:.1f} tok/CPU-s; identical={same}", flush=True)
+            print(f"{n_envs:>3} envs {side:>10}: {st.sampled_tokens} tokens, {st.env_steps} env steps, {agent.prefill} "
+                  f"prefill tokens; rollout {wall:.1f} s = {row['tokens_per_s']:.1f} tok/s; generating {agent.wall:.1f} s "
+                  f"wall, {agent.cpu:.1f} s CPU = {row['tokens_per_cpu_s']:.1f} tok/CPU-s; identical={same}", flush=True)
             rows.append(row)
-    print(f"\nmodel {args.model}, env {args.env}, prompt {fmt or 'default'}, {args.envs} envs x {args.turns} turns, "
-          f"max_new_tokens {args.max_new_tokens}, load {os.getloadavg()[0]:.1f}")
-    if "cached" in by:
-        for base in ("sequential", "generate", "batched"):
-            if base in by:
-                wall = by["cached"]["tokens_per_s"] / by[base]["tokens_per_s"]
-                cpu = by["cached"]["tokens_per_cpu_s"] / by[base]["tokens_per_cpu_s"]
-                print(f"cached vs {base}: {wall:.2f}x rollout tokens/s (wall), {cpu:.2f}x tokens per generating CPU-s, "
-                      f"prefill tokens {by[base]['prefill_tokens']} -> {by['cached']['prefill_tokens']}")
+    return rows
+
+
+def best_of(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    by: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if row["side"] not in by or row["tokens_per_cpu_s"] > by[row["side"]]["tokens_per_cpu_s"]:
+            by[row["side"]] = row
+    return by
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="zoo:smollm2-135m", help="HF folder or zoo name (default zoo:smollm2-135m)")
+    ap.add_argument("--env", default="madopd/TWX-CookingWorld-v0")
+    ap.add_argument("--envs", type=int, nargs="+", default=[8], help="concurrent environments (one batch); "
+                    "several values run one after another")
+    ap.add_argument("--turns", type=int, default=8, help="env steps per episode")
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--prompt", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="PromptFormat settings, e.g. show_actions=false (default: the project's default prompt)")
+    ap.add_argument("--sides", nargs="+", default=list(SIDES[:4]), choices=SIDES)
+    ap.add_argument("--repeat", type=int, default=1, help="interleaved repeats per side; the best counts")
+    ap.add_argument("--quick", action="store_true", help="zoo:tiny-M, 6 turns, 24 new tokens (about a minute)")
+    ap.add_argument("--json", help="write the figures here")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.model, args.turns, args.max_new_tokens = "zoo:tiny-M", 6, 24
+
+    import torch
+
+    fmt: dict[str, Any] = {}
+    for kv in args.prompt:
+        key, _, value = kv.partition("=")
+        fmt[key] = json.loads(value) if value[:1] in "0123456789tfn[{-" else value
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    agents = make_agents(args, max(args.envs))
+    rows: list[dict[str, Any]] = []
+    for n_envs in args.envs:
+        by = best_of(run := run_sides(args, fmt, n_envs, agents))
+        rows += run
+        print(f"\nmodel {args.model}, env {args.env}, prompt {fmt or 'default'}, {n_envs} envs x {args.turns} turns, "
+              f"max_new_tokens {args.max_new_tokens}, load {os.getloadavg()[0]:.1f}")
+        for fast in ("cached", "vllm"):
+            for base in ("sequential", "generate", "batched", "cached"):
+                if fast in by and base in by and base != fast:
+                    wall = by[fast]["tokens_per_s"] / by[base]["tokens_per_s"]
+                    cpu = by[fast]["tokens_per_cpu_s"] / by[base]["tokens_per_cpu_s"]
+                    print(f"{fast} vs {base}: {wall:.2f}x rollout tokens/s (wall), {cpu:.2f}x tokens per generating "
+                          f"CPU-s, prefill tokens {by[base]['prefill_tokens']} -> {by[fast]['prefill_tokens']}")
+    if "vllm" in agents:
+        agents["vllm"].close()
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"args": vars(args), "rows": rows, "load": os.getloadavg()}, fh, indent=1)
-    return 0 if all(r["identical_tokens"] for r in rows) else 1
+    # HF sides must agree exactly; vLLM's kernels may break near-ties differently (reported above)
+    return 0 if all(r["identical_tokens"] for r in rows if r["side"] != "vllm") else 1
 
 
 if __name__ == "__main__":

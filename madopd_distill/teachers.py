@@ -44,6 +44,11 @@ class TokenizerMismatchError(ValueError):
     """Teacher and student tokenize differently: token-level scores would be meaningless."""
 
 
+class TeacherUnreachableError(ConnectionError):
+    """A served teacher stopped answering (its server died or the network went); training stops at once
+    with this one line, and a rerun with ``resume=true`` continues from the last checkpoint."""
+
+
 @dataclass(frozen=True)
 class ScoreRequest:
     """Score ``input_ids[t]`` for every ``t`` in ``positions`` (each ``t >= 1``), in order."""
@@ -283,6 +288,14 @@ class VLLMTeacher:
                 lps.append([v for _, v in top])
         return _sparse_scores(tok, ids, lps, k)
 
+    def close(self) -> None:
+        """Stop the engine now (its engine-core process and KV cache), as ``VLLMAgent.close``."""
+        from madopd_agents.vllm import shutdown_engine
+
+        if self.llm is not None:
+            shutdown_engine(self.llm)
+        self.llm = None
+
 
 def _sparse_scores(tok: list[float], ids: list[list[int]], lps: list[list[float]], k: int) -> TokenScores:
     """Pack ragged top-k lists into ``[N, K]`` tensors; short rows padded with id 0 at -inf."""
@@ -336,9 +349,9 @@ class OpenAITeacher:
         except urllib.error.HTTPError as e:
             raise RuntimeError(f"{self.name}: {root + path} answered HTTP {e.code}: {e.read()[:500]!r}") from e
         except urllib.error.URLError as e:
-            raise ConnectionError(f"{self.name}: cannot reach {root + path}: {e.reason}") from e
+            raise TeacherUnreachableError(f"{self.name}: cannot reach {root + path}: {e.reason}") from e
         except (TimeoutError, OSError) as e:  # refused / timed out mid-request
-            raise ConnectionError(f"{self.name}: cannot reach {root + path}: {e}") from e
+            raise TeacherUnreachableError(f"{self.name}: cannot reach {root + path}: {e}") from e
 
     def _check_tokenizer(self, student_tokenizer: Any) -> None:
         try:

@@ -94,6 +94,8 @@ def load_config(argv: list[str]) -> Any:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from madopd_agents.openai import OpenAIError
+    from madopd_distill.teachers import TeacherUnreachableError
     from madopd_envs.vector_ray import RayBackendError
 
     argv = sys.argv[1:] if argv is None else argv
@@ -106,8 +108,9 @@ def main(argv: list[str] | None = None) -> None:
         if before and after:
             print(f"eval success: before {before['eval_success_rate']:.3f} -> after {after['eval_success_rate']:.3f}")
 
-    # Ray missing, cluster unreachable, too few CPUs: one line, exit 2, like any other bad input.
-    run_cli(run, errors=(RayBackendError,), argv=argv, doc=__doc__)
+    # Ray missing, cluster unreachable, too few CPUs, a served teacher gone: one line, exit 2, like any
+    # other bad input (a served teacher's death mid-run leaves the last checkpoint: rerun with resume=true).
+    run_cli(run, errors=(RayBackendError, TeacherUnreachableError, OpenAIError), argv=argv, doc=__doc__)
 
 
 if __name__ == "__main__":

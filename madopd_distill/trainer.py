@@ -577,6 +577,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     finally:
         with run.prof.phase("env shutdown"):
             run.collector.close()
+        for served in (*run.teachers.values(), *run.teacher_agents.values()):
+            getattr(served, "close", lambda: None)()  # vLLM engines, HTTP pools: nothing left running
         run.logger.close()
     if cfg.profile:
         run.accelerator.print(f"\nwhere the time went ({cfg.steps - run.start} steps; rank "

@@ -404,6 +404,7 @@ def build(recipe: Recipe, command: str = "", out_root: Path | None = None, episo
 
     torch.set_num_threads(1)
     t_start = time.perf_counter()
+    recipe = recipe.with_build_seed()
     root = (out_root or zoo_dir()) / recipe.name
     root.mkdir(parents=True, exist_ok=True)
 

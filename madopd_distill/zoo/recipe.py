@@ -6,6 +6,8 @@ every field before anything is built, so a bad recipe fails at once in one line.
 
 from __future__ import annotations
 
+import copy
+
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -268,6 +270,15 @@ class Recipe:
             raise
         except (TypeError, ValueError) as e:
             raise RecipeError(str(e)) from None
+
+    def with_build_seed(self) -> Recipe:
+        """This recipe with every base's, teacher's and student's seed offset by 100 x ``seed``, so that
+        ``seed=1`` (a CLI override, with ``name=<recipe>_seed1``) is a whole new build -- new inits, data
+        order, corpus noise and task subsets -- and ``seed=0`` the recipe as written (build variance)."""
+        out = copy.deepcopy(self)
+        for spec in [*out.bases, *out.teachers, *out.students]:
+            spec.seed += 100 * self.seed
+        return out
 
     def reference_teacher(self) -> str:
         """The teacher OPD distils from (``properties.reference_teacher``, default the first)."""

@@ -198,6 +198,17 @@ def test_recipe_checks() -> None:
     assert r.kind_of("a grape and an apple") == "grape" and r.kind_of("Simon says, 'sit down'.") == "other"
 
 
+def test_a_build_seed_reseeds_every_model_and_seed_0_is_the_recipe_as_written() -> None:
+    def seeds(r: Recipe) -> list[int]:
+        return [m.seed for m in [*r.bases, *r.teachers, *r.students]]
+
+    written = load_recipe("simonsays")
+    assert seeds(written.with_build_seed()) == seeds(written)
+    other = load_recipe("simonsays", ["seed=2", "name=simonsays_seed2"])
+    assert seeds(other.with_build_seed()) == [s + 200 for s in seeds(written)]
+    assert seeds(other) == seeds(written)  # the recipe itself is left as loaded
+
+
 def test_every_recipe_builds_at_toy_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each recipe of leaderboards/conf/zoo/ (besides simonsays, built above) goes through the whole pipeline."""
     from madopd_distill.zoo.build import build

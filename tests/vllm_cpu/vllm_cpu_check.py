@@ -2,7 +2,7 @@
 and prints one JSON line of figures (``VLLM-CPU {...}``) for tests/vllm_cpu/test_vllm_cpu.py to check.
 
 Run it with the vLLM venv (``make setup-vllm``): ``.venv-vllm/bin/python tests/vllm_cpu/vllm_cpu_check.py
-agent|teacher|train [--model DIR]``. Both backends run in this one process on the same weights, in
+agent|teacher|train|model [--model DIR]``. Both backends run in this one process on the same weights, in
 float32, so any difference is kernel numerics (vLLM's CPU attention and GEMMs vs torch's), not weights
 or templates. The engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): on 2 cores a spawned
 engine core takes ~25 s more to start, and the paths under test are the same ``vllm.LLM`` calls.
@@ -269,7 +269,7 @@ def _compare_rollouts(run: Any, trajs: list[Any], step: int, initial: Any) -> di
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("check", choices=("agent", "teacher", "train"))
+    p.add_argument("check", choices=("agent", "teacher", "train", "model"))
     p.add_argument("--model", help="HF model folder (default: tiny Qwen3 S, init std 0.2, see tiny_spread_dir)")
     p.add_argument("--teacher", help="train: the HF teacher's folder (default: the same tiny model, seed 1)")
     p.add_argument("--env", default="madopd/TWX-SimonSays-v0")
@@ -278,7 +278,8 @@ def main() -> int:
     p.add_argument("--max-new-tokens", type=int, default=16)
     args = p.parse_args()
     t = time.perf_counter()
-    out = {"agent": check_agent, "teacher": check_teacher, "train": check_train}[args.check](args)
+    out = {"agent": check_agent, "teacher": check_teacher, "train": check_train,
+           "model": lambda a: {"model": _model(a)}}[args.check](args)
     import vllm
 
     out = {"check": args.check, "vllm": vllm.__version__, **out, "total_s": round(time.perf_counter() - t, 1)}

@@ -23,6 +23,7 @@ import pytest
 from test_vllm_cpu import MAX_ABS, MEAN_ABS, ROOT, VLLM_PY, run_check
 
 from madopd_agents.vllm import EngineStartError, VLLMServer, group_alive
+from madopd_envs.eval.results import EpisodeStore
 
 SERVED = "tiny"
 EVAL = ["--agent", "smollm2-135m", "--env", "madopd/TWX-SimonSays-v0", "--max-steps", "3", "--num-envs", "2",
@@ -51,9 +52,15 @@ def _eval(out: Path, agent_args: str, *extra: str, timeout: float = 300) -> subp
 
 
 def _episodes(out: Path) -> list[dict]:
-    """The episodes of a run: episodes.jsonl is append-only, an episode played again supersedes its record."""
-    recs = {r["key"]: r for r in map(json.loads, (out / "episodes.jsonl").read_text().splitlines())}
-    return sorted(recs.values(), key=lambda r: (r["task_id"], r["seed"]))
+    """The episodes of a run (an episode played again supersedes its record, as the eval reads them)."""
+    return sorted(EpisodeStore(out / "episodes.jsonl").load().values(), key=lambda r: (r["task_id"], r["seed"]))
+
+
+def _train_steps(out: Path) -> list[dict]:
+    """The ``train`` records of a training run's log.jsonl (none yet if it has not started)."""
+    log = out / "log.jsonl"
+    recs = [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.is_file() else []
+    return [r for r in recs if r.get("kind") == "train"]
 
 
 def test_openai_agent_through_vllm_serve_plays_the_hf_agents_episodes(server, model_dir, tmp_path):
@@ -118,8 +125,7 @@ def test_omni_trains_against_a_text_only_teacher_on_vllm_serve(server, model_dir
          "method.chunk_tokens=4", "method.num_continuations=2", "method.fork_quantile=0.5", f"output_dir={out}"],
         cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    steps = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if '"train"' in x]
-    steps = [r for r in steps if r.get("kind") == "train"]
+    steps = _train_steps(out)
     assert [r["step"] for r in steps] == [1, 2] and sum(r["omni/forks"] for r in steps) > 0
     assert all(r["omni/continuations"] == 2 * r["omni/forks"] for r in steps)
 
@@ -175,11 +181,9 @@ def test_served_teacher_killed_mid_training_stops_in_one_line_and_resume_continu
             "rollout.max_new_tokens=8", "rollout.max_env_steps=2", "eval.num_tasks=0",
             f"teachers=[{{name:served,backend:openai,base_url:'{server.base_url}',model:{SERVED},top_k:5}}]",
             f"output_dir={out}"]
-    log = out / "log.jsonl"
 
     def steps() -> list[int]:
-        recs = [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.is_file() else []
-        return [r["step"] for r in recs if r.get("kind") == "train"]
+        return [r["step"] for r in _train_steps(out)]
 
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -117,7 +117,11 @@ class VLLMAgent:
                     meta["top_logprobs"] = [
                         sorted(((t, float(v.logprob)) for t, v in step.items()), key=lambda x: -x[1])[:top_logprobs]
                         for step in steps]
-                outs.append(ActionOutput(text=comp.text, token_ids=ids, logprobs=lps, prompt_token_ids=prompt,
+                # the text from the tokens, as HFAgent decodes it: vLLM's incremental detokenizer holds back
+                # a trailing incomplete UTF-8 sequence, so the same tokens read as another action (a TWX-Coin
+                # eval diverged on "...prestoressage" vs "...prestoressage\ufffd"); a stop string's cut is vLLM's
+                text = comp.text if isinstance(comp.stop_reason, str) else self.tokenizer.decode(ids, skip_special_tokens=True)
+                outs.append(ActionOutput(text=text, token_ids=ids, logprobs=lps, prompt_token_ids=prompt,
                                          finish_reason=comp.finish_reason or "stop", meta=meta))
         return outs
 

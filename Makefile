@@ -64,7 +64,8 @@ eval: sandbox-deps $(STAMP)
 	$(PY) -m madopd_envs.eval --agent expert --agent random --agent simonsays/teacher --agent simonsays/teacher_a \
 	  --agent simonsays/teacher_b --agent simonsays/student --agent simonsays/student_opd --agent simonsays/student_mad_opd \
 	  --leaderboard zoo_simonsays --output runs/eval-zoo_simonsays --resume --rerun-changed
-	$(PY) -m madopd_envs.eval --agent expert --agent random --agent peckingorder/teacher_a --agent peckingorder/teacher_b \
+	$(PY) -m madopd_envs.eval --agent expert --agent random --agent peckingorder/teacher --agent peckingorder/teacher_a \
+	  --agent peckingorder/teacher_b \
 	  --agent peckingorder/student --agent peckingorder/student_opd --agent peckingorder/student_mad_opd \
 	  --leaderboard zoo_peckingorder --output runs/eval-zoo_peckingorder --resume --rerun-changed
 

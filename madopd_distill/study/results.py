@@ -116,7 +116,8 @@ def analyse(cfg: StudyConfig, cells: list[Cell], agents: list[EvalAgent], status
         if got:
             mats[label] = {"seeds": [s for s, _ in got], **{m: np.stack([o[m] for _, o in got]) for m in
                                                              ("success", "score")}}
-        done = [c for c in lc if logs[c.id]]
+        # Only finished cells: a stopped one's partial log would undercount its KL and compute.
+        done = [c for c in lc if logs[c.id] and statuses.get(c.id, {}).get("state") == "done"]
         kls = {k: np.array([final_kl(logs[c.id], key) for c in done]) for k, (key, _) in CURVE_KEYS.items()
                if k != "success"}
         mats.setdefault(label, {"seeds": []})["kl_seeds"] = [c.seed for c in done]

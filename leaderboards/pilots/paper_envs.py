@@ -15,7 +15,7 @@ own episodes:
   buy) and a title match (the result sharing most words with the instruction, then every option the
   instruction names, then buy).
 
-    .venv/bin/python leaderboards/pilots/paper_envs.py [--alfworld 140] [--webshop 200]
+    .venv/bin/python leaderboards/pilots/paper_envs.py [--alfworld 60] [--webshop 200]   (~7 min on shared cores)
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import Any
 import madopd_envs
 from madopd_distill.rollout import RolloutPrompt
 from madopd_envs.prompts import Turn
+from madopd_envs.webshop.engine import BACK_TO_SEARCH, BUY_NOW, NEXT_PAGE, PREV_PAGE
 from madopd_envs.webshop.oracle import instruction_query, rule_action
 
 WINDOWS = (0, 1, 2, None)  # past turns in the prompt; None = the whole episode
@@ -93,7 +94,7 @@ def _words(text: str) -> set[str]:
     return set(re.findall(r"[a-z0-9]+", text.lower()))
 
 
-PAGE_BUTTONS = ("buy now", "back to search", "< prev", "next >", "description", "features", "reviews")
+PAGE_BUTTONS = (*(b.lower() for b in (BUY_NOW, BACK_TO_SEARCH, PREV_PAGE, NEXT_PAGE)), "description", "features", "reviews")
 
 
 def title_match_action(obs: str, admissible: list[str], instruction: str, clicked: list[str]) -> str:

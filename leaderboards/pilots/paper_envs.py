@@ -10,12 +10,14 @@ own episodes:
   argument (``shelf 3``, a product id, an option) is written somewhere in the prompt, i.e. could be
   copied from it (the rest needs a turn the window dropped; every prompt of both corpora is unique,
   so an exact-prompt ceiling says nothing);
-- WebShop only: the success of two policies that read only the page and the instruction, as a
-  teacher must (the env's expert knows the target product): upstream's rule baseline (first result,
-  buy) and a title match (the result sharing most words with the instruction, then every option the
-  instruction names, then buy).
+- WebShop only: the success of three policies that read only the page and the instruction, as a
+  teacher must (the env's default expert knows the target product): upstream's rule baseline (first
+  result, buy), a title match (the result sharing most words with the instruction, then every option the
+  instruction names, then buy) and the env's shopper (``expert_policy="shopper"``: the engine's order,
+  price and option checks; ``madopd_envs/webshop/oracle.py``).
 
-    .venv/bin/python leaderboards/pilots/paper_envs.py [--alfworld 60] [--webshop 200]   (~7 min on shared cores)
+    .venv/bin/python leaderboards/pilots/paper_envs.py [--alfworld 60] [--webshop 200]   (~7 min on shared cores;
+    --alfworld 0: WebShop only, seconds)
 """
 
 from __future__ import annotations
@@ -31,15 +33,15 @@ import madopd_envs
 from madopd_distill.rollout import RolloutPrompt
 from madopd_envs.prompts import Turn
 from madopd_envs.webshop.engine import BACK_TO_SEARCH, BUY_NOW, NEXT_PAGE, PREV_PAGE
-from madopd_envs.webshop.oracle import instruction_query, rule_action
+from madopd_envs.webshop.oracle import instruction_query, rule_action, shopper_action
 
 WINDOWS = (0, 1, 2, None)  # past turns in the prompt; None = the whole episode
 MAX_TURNS = 50
 
 
-def expert_corpus(env_id: str, split: str, n: int) -> dict[str, Any]:
+def expert_corpus(env_id: str, split: str, n: int, **env_kwargs: Any) -> dict[str, Any]:
     """Play the expert on the first ``n`` tasks of ``split``; the prompt of every state per window."""
-    env = madopd_envs.make(env_id, expert=True)
+    env = madopd_envs.make(env_id, expert=True, **env_kwargs)
     prompts = {h: RolloutPrompt.for_env(env_id, show_actions=False, history=h) for h in WINDOWS}
     rendered: dict[Any, list[tuple[str, str]]] = {h: [] for h in WINDOWS}
     lengths, won, steps, t0 = [], 0, 0, time.time()
@@ -114,38 +116,73 @@ def title_match_action(obs: str, admissible: list[str], instruction: str, clicke
 
 
 def webshop_policies(n: int) -> dict[str, float]:
-    env = madopd_envs.make("madopd/WebShop-v0")
+    """Success on the first ``n`` train goals of upstream's rule, the title match and the env's shopper
+    (``expert_policy="shopper"``), none of which knows the target."""
+    env = madopd_envs.make("madopd/WebShop-v0", expert=True, expert_policy="shopper")
     wins = collections.Counter()
+    policies = ("rule", "title_match", "shopper")
     try:
         task_ids = env.unwrapped.tasks("train")[:n]
         for task_id in task_ids:
-            for name in ("rule", "title_match"):
+            for name in policies:
                 obs, info = env.reset(seed=0, options={"task_id": task_id, "split": "train"})
                 clicked: list[str] = []
                 for _ in range(15):
                     admissible = info.get("admissible_actions") or []
                     if name == "rule":
                         action = rule_action(admissible, info["task"])
-                    else:
+                    elif name == "title_match":
                         action = title_match_action(obs, admissible, info["task"], clicked)
                         clicked.append(action[6:-1])
+                    else:
+                        action = info["expert_action"]
                     obs, _, term, trunc, info = env.step(action)
                     if term or trunc:
                         break
                 wins[name] += bool(info.get("won"))
     finally:
         env.close()
-    return {name: wins[name] / len(task_ids) for name in ("rule", "title_match")}
+    return {name: wins[name] / len(task_ids) for name in policies}
+
+
+def shopper_memory(n: int) -> dict[str, float]:
+    """Per window of ``h`` past turns: the share of the shopper's states whose action would change if it
+    remembered only the products opened within those turns (it skips every product opened before)."""
+    env = madopd_envs.make("madopd/WebShop-v0", expert=True, expert_policy="shopper")
+    engine, changed, states = env.unwrapped.engine, collections.Counter(), 0
+    try:
+        for task_id in env.unwrapped.tasks("train")[:n]:
+            obs, info = env.reset(seed=0, options={"task_id": task_id, "split": "train"})
+            actions: list[str] = []
+            while info.get("expert_action"):
+                states += 1
+                visited = engine.s.visited
+                for h in WINDOWS:
+                    seen = actions if h is None else actions[len(actions) - h:] if h else []
+                    engine.s.visited = [a for a in visited if f"click[{a.lower()}]" in seen]
+                    changed[h] += shopper_action(engine) != info["expert_action"]
+                engine.s.visited = visited
+                actions.append(info["expert_action"])
+                obs, _, term, trunc, info = env.step(info["expert_action"])
+                if term or trunc:
+                    break
+    finally:
+        env.close()
+    return {("all" if h is None else h): round(changed[h] / states, 3) for h in WINDOWS}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--alfworld", type=int, default=60, help="generated valid_seen games (140 ship)")
+    p.add_argument("--alfworld", type=int, default=60, help="generated valid_seen games (140 ship; 0: skip ALFWorld)")
     p.add_argument("--webshop", type=int, default=200, help="train tasks of the bundled catalogue")
     args = p.parse_args()
-    print("ALFWorld (generated valid_seen):", expert_corpus("madopd/ALFWorld-v0", "valid_seen", args.alfworld))
+    if args.alfworld:
+        print("ALFWorld (generated valid_seen):", expert_corpus("madopd/ALFWorld-v0", "valid_seen", args.alfworld))
     print("WebShop (bundled train):", expert_corpus("madopd/WebShop-v0", "train", args.webshop))
     print("WebShop success without the target's identity:", webshop_policies(args.webshop))
+    print("WebShop shopper (bundled train):", expert_corpus("madopd/WebShop-v0", "train", args.webshop,
+                                                             expert_policy="shopper"))
+    print("WebShop shopper, share of states needing an older turn:", shopper_memory(args.webshop))
 
 
 if __name__ == "__main__":

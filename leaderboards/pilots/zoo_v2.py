@@ -3,7 +3,8 @@
 Not part of the package: a script that answers one question before the recipe is built. Stages are
 cached under ``--work`` so a later stage can be re-run with other settings:
 
-1. expert states of SimonSays (train tasks 0..399, calibration 800..899, held-out 900..999);
+1. expert states of the recipe's task ranges (``--recipe``; SimonSays by default: train tasks 0..399,
+   calibration 800..899, held-out 900..999);
 2. a tokenizer trained on those texts; a *pretraining corpus*: every train state's conversation
    followed by a reply whose action is the expert's with probability ``1 - noise`` and otherwise a
    random action from the pool of all expert actions (noisy-expert play), loss on every token;
@@ -39,11 +40,10 @@ def log(msg: str) -> None:
     print(f"[pilot {time.perf_counter() - T0:6.0f}s] {msg}", flush=True)
 
 
-def recipe() -> Recipe:
+def recipe(path: str) -> Recipe:
     from omegaconf import OmegaConf
 
-    d = OmegaConf.to_container(OmegaConf.load("leaderboards/conf/zoo/simonsays.yaml"))
-    return Recipe.from_dict(d)
+    return Recipe.from_dict(OmegaConf.to_container(OmegaConf.load(path)))
 
 
 def states(work: Path, rec: Recipe):
@@ -78,10 +78,10 @@ def fit(model, tok, samples: list, steps: int, lr: float, seed: int, check=None,
     return train_samples(model, tok, samples, spec, seed, "pilot", stop=stop)["steps"]
 
 
-def measure(model, tok, held, teacher_actions=None) -> dict:
+def measure(model, tok, held, max_new_tokens: int, teacher_actions=None) -> dict:
     """Greedy accuracy on ``held`` states and, where wrong, the probability of the right action."""
     agent = HFAgent(model, tok, name="m", batch_size=64)
-    acts = [parse_action(r) for r in generate(agent, [s.context for s in held], 24)]
+    acts = [parse_action(r) for r in generate(agent, [s.context for s in held], max_new_tokens)]
     e = soft_errors(model, tok, held, acts, teacher_actions or [s.expert_action for s in held])
     return {"accuracy": e["agreement"], "median_p_right_where_wrong": e["median_p_teacher_action_where_wrong"],
             "actions": acts}
@@ -90,6 +90,8 @@ def measure(model, tok, held, teacher_actions=None) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--recipe", default="leaderboards/conf/zoo/simonsays.yaml",
+                    help="the recipe whose env, prompt, task ranges and caps the pilot uses")
     ap.add_argument("stages", nargs="+", choices=["teacher", "student", "opd"])
     ap.add_argument("--noise", type=float, default=0.3)
     ap.add_argument("--teacher-pretrain", type=int, default=1500)
@@ -107,7 +109,8 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(1)
     a.work.mkdir(parents=True, exist_ok=True)
-    rec = recipe()
+    rec = recipe(a.recipe)
+    cap = rec.max_new_tokens
     st = states(a.work, rec)
     tok = tokenizer(a.work, st)
     log(f"states {', '.join(f'{k} {len(v)}' for k, v in st.items())}; vocab {len(tok)}")
@@ -124,13 +127,13 @@ def main() -> None:
     if "teacher" in a.stages:
         model = tiny_qwen3(tok, size="S", seed=0)
         fit(model, tok, pre, a.teacher_pretrain, 3e-3, 0)
-        m = measure(model, tok, st["held"])
+        m = measure(model, tok, st["held"], cap)
         record(model="teacher_base", steps=a.teacher_pretrain, noise=a.noise, **m,
                **episodes(HFAgent(model, tok, name="t", batch_size=32)))
         _save_folder(a.work / "teacher_base", model, tok)
         sft = [to_sample(tok, s.context, action_reply(s.expert_action)) for s in st["train"]]
         fit(model, tok, sft, a.teacher_sft, 1e-3, 1)
-        m = measure(model, tok, st["held"])
+        m = measure(model, tok, st["held"], cap)
         record(model="teacher", **m, **episodes(HFAgent(model, tok, name="t", batch_size=32)))
         _save_folder(a.work / "teacher", model, tok)
 
@@ -139,12 +142,12 @@ def main() -> None:
         model = tiny_qwen3(tok, size="S", seed=2, **sizes)
 
         def reached(step: int) -> bool:
-            acc = measure(model, tok, st["cal"])["accuracy"]
+            acc = measure(model, tok, st["cal"], cap)["accuracy"]
             log(f"  student calibration accuracy {acc:.3f} at step {step}")
             return acc >= a.student_target
 
         steps = fit(model, tok, pre, a.student_max, 3e-3, 2, check=reached, check_every=50)
-        m = measure(model, tok, st["held"])
+        m = measure(model, tok, st["held"], cap)
         record(model=a.student_name, steps=steps, target=a.student_target, size=sizes,
                parameters=sum(p.numel() for p in model.parameters()), **m,
                **episodes(HFAgent(model, tok, name="s", batch_size=32)))
@@ -157,10 +160,12 @@ def main() -> None:
         cfg = TrainConfig.from_dict({
             "env": rec.env, "student": str(a.work / a.student_name), "method": a.method,
             "teachers": [{"name": "teacher", "path": str(a.work / "teacher")}],
-            "prompt": rec.prompt, "split": "train", "num_train_tasks": 400, "steps": a.opd_steps,
-            "rollout": {"num_envs": 2, "tasks_per_step": 8, "max_new_tokens": 24, "max_env_steps": 6},
+            "env_kwargs": rec.env_kwargs, "prompt": rec.prompt, "split": rec.train_tasks.split,
+            "num_train_tasks": rec.train_tasks.count, "steps": a.opd_steps,
+            "rollout": {"num_envs": 2, "tasks_per_step": 8, "max_new_tokens": cap, "max_env_steps": rec.max_env_steps},
             "optim": {"lr": a.opd_lr, "warmup_steps": 10},
-            "eval": {"split": "train", "first_task": 900, "num_tasks": 100, "every": 20},
+            "eval": {"split": rec.heldout_tasks.split, "first_task": rec.heldout_tasks.first,
+                     "num_tasks": rec.heldout_tasks.count, "every": 20},
             "output_dir": str(a.work / a.opd_name), "seed": a.seed,
         })
         t = time.perf_counter()
@@ -169,7 +174,7 @@ def main() -> None:
 
         student, _ = load_causal_lm(str(latest_checkpoint(a.work / a.opd_name) / "model"))
         record(model=a.opd_name, method=a.method, steps=a.opd_steps, lr=a.opd_lr, seconds=time.perf_counter() - t,
-               eval_success=out["eval_after"]["eval_success_rate"], **measure(student, tok, st["held"]))
+               eval_success=out["eval_after"]["eval_success_rate"], **measure(student, tok, st["held"], cap))
 
 
 if __name__ == "__main__":

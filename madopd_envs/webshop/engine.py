@@ -65,6 +65,7 @@ class Session:
     options: dict[str, str] = field(default_factory=dict)  # option name -> chosen value
     sub_page: str | None = None
     searches: int = 0  # searches issued this episode (the oracle plans with it)
+    visited: list[str] = field(default_factory=list)  # item pages opened this episode (the shopper skips them)
     reward: Reward | None = None
 
 
@@ -168,13 +169,14 @@ class ShopEngine:
         kind, value = clickables[arg]
         if kind == "product":
             s.asin, s.page = value, Page.ITEM
+            s.visited.append(value)
         elif kind == "option":
             s.options[value] = arg
             s.page = Page.ITEM
         elif value == BUY_NOW:
             return self._buy()
         elif value == BACK_TO_SEARCH:
-            self.session = Session(goal=s.goal, searches=s.searches)
+            self.session = Session(goal=s.goal, searches=s.searches, visited=s.visited)
         elif value == NEXT_PAGE:
             self._search(s.keywords, s.page_num + 1)
         elif value == PREV_PAGE:

@@ -5,7 +5,8 @@ follow upstream: test = goals 0-499, valid (upstream's "eval") = 500-1499, train
 reward comes only with ``click[Buy Now]``: ``score`` = reward in [0, 1], ``raw_score`` = reward x 100,
 ``won`` = reward == 1. ``admissible_actions`` lists ``search[<your query>]`` where a search bar is and
 ``click[...]`` for every clickable (lower-cased, as upstream). With ``expert=True``,
-``expert_action`` is the goal-reading oracle's next action (``oracle.py``).
+``expert_action`` is the goal-reading oracle's next action, or with ``expert_policy="shopper"``
+the page-reading shopper's (``oracle.py``).
 
 Catalogue and search index are built once per process and data source and shared by every env in
 it; an official catalogue's index is cached on disk (``index_cache``), since indexing 1.18M
@@ -23,8 +24,13 @@ from typing import Any, ClassVar
 from madopd_envs.core import TextEnv
 from madopd_envs.webshop.data import Catalogue, load_official
 from madopd_envs.webshop.engine import ShopEngine
-from madopd_envs.webshop.oracle import expert_action
+from madopd_envs.webshop.oracle import expert_action, shopper_action
 from madopd_envs.webshop.search import SearchIndex, corpus_key
+
+
+# What ``expert_action`` plays: the goal-reading oracle, or the shopper that reads only the pages
+# (oracle.py), which a teacher trained on transcripts can learn.
+EXPERT_POLICIES = {"oracle": expert_action, "shopper": shopper_action}
 
 
 def default_index_cache() -> Path:
@@ -90,6 +96,8 @@ class WebShopEnv(TextEnv):
             ``False`` only where a search bar is shown. Either way ``admissible_actions`` lists it only there.
         index_cache: where an official catalogue's bm25s index is cached: a folder, ``None`` for
             ``$MADOPD_CACHE/webshop-index``, or ``False`` to rebuild it every time.
+        expert_policy: what ``expert_action`` (``expert=True``) plays: ``"oracle"`` (knows the target) or
+            ``"shopper"`` (reads only the pages).
     """
 
     family: ClassVar[str] = "webshop"
@@ -97,8 +105,11 @@ class WebShopEnv(TextEnv):
 
     def __init__(self, data_dir: str | None = None, *, variant: str = "auto", num_products: int | None = None,
                  human_goals: bool = True, seed: int = 0, show_attrs: bool = False, search_anywhere: bool = True,
-                 index_cache: str | Path | bool | None = None, **kwargs: Any):
+                 index_cache: str | Path | bool | None = None, expert_policy: str = "oracle", **kwargs: Any):
         super().__init__(**kwargs)
+        if expert_policy not in EXPERT_POLICIES:
+            raise ValueError(f"WebShop expert_policy must be one of {', '.join(EXPERT_POLICIES)}; got {expert_policy!r}")
+        self.expert_policy = EXPERT_POLICIES[expert_policy]
         self.catalogue, index = load_shop(data_dir, variant=variant, num_products=num_products,
                                           human_goals=human_goals, seed=seed, index_cache=index_cache)
         self.engine = ShopEngine(self.catalogue, index, show_attrs=show_attrs, search_anywhere=search_anywhere)
@@ -137,7 +148,7 @@ class WebShopEnv(TextEnv):
             "won": reward == 1.0,
             "score": reward,
             "raw_score": reward * 100.0,
-            "expert_action": expert_action(self.engine) if self.expert else None,
+            "expert_action": self.expert_policy(self.engine) if self.expert else None,
         }
         if s.reward is not None:
             info["reward_info"] = {**s.reward.as_dict(), "asin": s.asin, "options": dict(s.options),

@@ -10,6 +10,18 @@ The oracle reads the goal (privileged: it knows the target asin and options) and
 3. item page of another product, or a sub page: ``< Prev``;
 4. target's item page: click each goal option not yet chosen, then ``Buy Now``.
 
+``shopper_action`` is a strong policy that, unlike the oracle, reads only what the pages show (the
+instruction, result titles and price tags, an item's options, what it opened before), so a teacher can
+learn it from transcripts (``madopd/WebShop-v0`` with ``expert_policy="shopper"``):
+
+1. search page: search the instruction text (its price clause removed);
+2. results: open the first product, in the search engine's order, not opened before whose price tag
+   stays within the instruction's limit; none on this page: ``Next >`` (past the last page: the first
+   result, so episodes end);
+3. item page: ``< Prev`` when the instruction names one of the product's options (``size``, ``color``,
+   ...) but none of its values; else click each offered value the instruction names, then ``Buy Now``;
+4. a sub page: ``< Prev``.
+
 ``random_action`` is a floor: it searches the instruction (a random policy cannot write queries)
 and then clicks uniformly among the admissible clicks. ``rule_action`` is upstream's rule baseline:
 search the instruction, open the first result, buy.
@@ -74,6 +86,44 @@ def expert_action(engine: ShopEngine) -> str | None:
     for name, value in target_options(engine).items():
         if s.options.get(name) != value:
             return f"click[{value}]"
+    return f"click[{BUY_NOW.lower()}]"
+
+
+_PRICE_LIMIT = re.compile(r"price lower than ([\d.]+) dollars")
+
+
+def _named(value: str, text: str) -> bool:
+    return re.search(rf"\b{re.escape(value)}\b", text) is not None
+
+
+def shopper_action(engine: ShopEngine) -> str | None:
+    """The page-reading shopper's next action (``None`` once the episode is over); never reads the goal's
+    target, options or price limit, only the instruction as the page shows it."""
+    s = engine.s
+    text = s.goal.instruction_text.lower()
+    if s.page is Page.DONE:
+        return None
+    if s.page is Page.SEARCH:
+        return f"search[{instruction_query(s.goal.instruction_text)}]"
+    if s.page is Page.SUB:
+        return f"click[{PREV_PAGE.lower()}]"
+    if s.page is Page.RESULTS:
+        limit = _PRICE_LIMIT.search(text)
+        top = lambda p: max([float(x) for x in re.findall(r"\$([\d.]+)", p.price_tag)] or [0.0])  # noqa: E731
+        fits = [p for p in engine.page_products()
+                if p.asin not in s.visited and (limit is None or top(p) <= float(limit.group(1)))]
+        if fits:
+            return f"click[{fits[0].asin.lower()}]"
+        if engine.page_products():
+            return f"click[{NEXT_PAGE.lower()}]"
+        return f"click[{s.results[0].lower()}]" if s.results else f"click[{BACK_TO_SEARCH.lower()}]"
+    options = engine.product.options
+    if any(_named(name.split()[0], text) and not any(_named(v, text) for v in values) for name, values in options.items()):
+        return f"click[{PREV_PAGE.lower()}]"
+    for name, values in options.items():
+        wanted = next((v for v in values if _named(v, text)), None)
+        if wanted is not None and s.options.get(name) != wanted:
+            return f"click[{wanted}]"
     return f"click[{BUY_NOW.lower()}]"
 
 

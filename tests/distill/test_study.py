@@ -425,3 +425,26 @@ def test_a_match_claim_and_a_compute_claim() -> None:
     got = _claim(claim, {"opd": dear, "grpo": cheap})
     assert got["verdict"] == "not replicated" and "not cheaper" in got["note"]
     assert _claim(claim, {"opd": same, "grpo": same})["verdict"] == "inconclusive"
+
+
+def test_kl_and_compute_come_only_from_finished_cells(tmp_path, models):
+    """A cell stopped mid-training (state ``failed``, or still ``running``) has a partial log: counting it
+    would undercount the method's compute and shift its final KL, so only ``done`` cells enter them."""
+    from madopd_distill.study.config import build_cells, load_study
+    from madopd_distill.study.results import analyse
+    from madopd_distill.study.runner import cell_dir
+
+    cfg = load_study(str(study_yaml(tmp_path, models, methods="  opd: {}", seeds="[0, 1, 2]")), [],
+                     REPO / "leaderboards" / "conf" / "study")
+    cells = build_cells(cfg)
+    steps = {0: 10, 1: 3, 2: 1}  # seed 0 finished its 10 steps; seeds 1 and 2 were cut
+    for c in cells:
+        log = cell_dir(cfg, c) / "train" / "log.jsonl"
+        log.parent.mkdir(parents=True)
+        log.write_text("".join(json.dumps({"kind": "train", "step": s, "episodes": 4, "ref/kl_token": 0.1 * c.seed + 1})
+                               + "\n" for s in range(1, steps[c.seed] + 1)))
+    statuses = {cells[0].id: {"state": "done"}, cells[1].id: {"state": "failed", "error": "x"},
+                cells[2].id: {"state": "running"}}
+    row = next(r for r in analyse(cfg, cells, [], statuses, [])["rows"] if r["method"] == "opd")
+    assert row["compute"]["episodes"] == 40 and row["kl_token"]["mean"] == pytest.approx(1.0)
+    assert list(row["failed"]) == [cells[1].id]

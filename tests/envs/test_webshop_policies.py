@@ -72,3 +72,31 @@ def test_random_and_rule_baselines_are_below_the_oracle(env):
 def test_instruction_query_drops_the_price_clause():
     assert instruction_query("I need a hoodie in black, and price lower than 40.00 dollars") == \
         "i need a hoodie in black"
+
+
+def test_shopper_wins_most_goals_reading_only_the_pages():
+    """``expert_policy="shopper"``: most train goals won, every action valid, and the same actions when the
+    goal's hidden fields (target, options, attributes, price limit) are replaced: it cannot be reading them."""
+    import dataclasses
+
+    from madopd_envs.webshop.oracle import shopper_action
+
+    env = madopd_envs.make("madopd/WebShop-v0", expert=True, expert_policy="shopper")
+    infos = []
+    for t in env.unwrapped.tasks("train")[:200]:
+        obs, info = env.reset(options={"task_id": t, "split": "train"})
+        while True:
+            s = env.unwrapped.engine.s
+            goal = s.goal
+            s.goal = dataclasses.replace(goal, asin="B000000000", goal_options=(), attributes=(), price_upper=1e9)
+            blind = shopper_action(env.unwrapped.engine)
+            s.goal = goal
+            assert blind == info["expert_action"], (t, blind, info["expert_action"])
+            obs, _, term, trunc, info = env.step(info["expert_action"])
+            assert info["action_valid"], obs
+            if term or trunc:
+                infos.append(info)
+                break
+    assert sum(i["won"] for i in infos) / len(infos) >= 0.85  # 0.88 measured on these 200
+    with pytest.raises(ValueError, match="expert_policy must be one of oracle, shopper"):
+        madopd_envs.make("madopd/WebShop-v0", expert=True, expert_policy="psychic")

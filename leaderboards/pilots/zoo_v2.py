@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
+import re
+import string
 import time
 from pathlib import Path
 
@@ -70,6 +73,40 @@ def tokenizer(work: Path, st):
     return tok
 
 
+PRODUCT_ID = re.compile(r"\bb0[a-z0-9]{8}\b", re.IGNORECASE)
+
+
+def copy_augmented(states: list, copies: int, seed: int) -> list:
+    """Each state ``copies`` more times with its WebShop product ids (and, on the search page, half the words
+    of its instruction) replaced by fresh random ones, the same in prompt and action: states that cannot be
+    memorised, only answered by copying from the prompt."""
+    import dataclasses
+
+    rng = random.Random(seed)
+    words = sorted({w for s in states for m in s.context for w in m["content"].lower().split() if w.isalpha()})
+    out = []
+    for s in states:
+        for _ in range(copies):
+            fresh: dict[str, str] = {}
+
+            def new_id(m: re.Match) -> str:
+                key = m.group(0).lower()
+                fresh.setdefault(key, "b0" + "".join(rng.choice(string.ascii_lowercase + string.digits) for _ in range(8)))
+                return fresh[key].upper() if m.group(0).isupper() else fresh[key]
+
+            context = [{**m, "content": PRODUCT_ID.sub(new_id, m["content"])} for m in s.context]
+            action = PRODUCT_ID.sub(new_id, s.expert_action)
+            if action.startswith("search["):
+                query = action[len("search["):-1]
+                salad = " ".join(w if rng.random() < 0.5 else rng.choice(words) for w in query.split())
+                if not any(query in m["content"] for m in context):
+                    continue
+                context = [{**m, "content": m["content"].replace(query, salad)} for m in context]
+                action = f"search[{salad}]"
+            out.append(dataclasses.replace(s, context=context, expert_action=action))
+    return out
+
+
 def fit(model, tok, samples: list, steps: int, lr: float, seed: int, check=None, check_every: int = 50) -> int:
     """The zoo build's trainer (batch 32, 20 warm-up steps); ``check(step) -> bool`` every ``check_every``
     steps stops it. Returns the steps taken."""
@@ -106,15 +143,20 @@ def main() -> None:
     ap.add_argument("--opd-name", default="opd")
     ap.add_argument("--method", default="opd")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--copy-augment", type=int, default=0,
+                    help="add N copies of each train state with fresh product ids / instruction words to the "
+                         "pretraining corpus (WebShop)")
+    ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(a.threads)
     a.work.mkdir(parents=True, exist_ok=True)
     rec = recipe(a.recipe)
     cap = rec.max_new_tokens
     st = states(a.work, rec)
     tok = tokenizer(a.work, st)
     log(f"states {', '.join(f'{k} {len(v)}' for k, v in st.items())}; vocab {len(tok)}")
-    pre = pretrain_corpus(tok, st["train"], a.noise, a.seed)
+    extra = copy_augmented(st["train"], a.copy_augment, a.seed) if a.copy_augment else []
+    pre = pretrain_corpus(tok, st["train"] + extra, a.noise, a.seed)
     report = a.work / "report.jsonl"
 
     def record(**kw):
@@ -128,7 +170,7 @@ def main() -> None:
         model = tiny_qwen3(tok, size="S", seed=0)
         fit(model, tok, pre, a.teacher_pretrain, 3e-3, 0)
         m = measure(model, tok, st["held"], cap)
-        record(model="teacher_base", steps=a.teacher_pretrain, noise=a.noise, **m,
+        record(model="teacher_base", steps=a.teacher_pretrain, noise=a.noise, copy_augment=a.copy_augment, **m,
                **episodes(HFAgent(model, tok, name="t", batch_size=32)))
         _save_folder(a.work / "teacher_base", model, tok)
         sft = [to_sample(tok, s.context, action_reply(s.expert_action)) for s in st["train"]]

@@ -228,7 +228,10 @@ def test_env_task_ids_and_splits(env):
     assert info["split"] == "valid" and info["task"] == env.catalogue.goals[600].instruction_text
 
 
-def test_official_fixture_env_conforms(tmp_path):
+def test_official_fixture_env_conforms(tmp_path, monkeypatch):
+    import madopd_envs.webshop.env as webshop_env
+
+    monkeypatch.setattr(webshop_env, "_SHOPS", {})  # an earlier test's memoised shop would skip the disk cache
     env = WebShopEnv(str(FIXTURE), index_cache=tmp_path, max_episode_steps=15)
     assert env.tasks("test") == ["0", "1", "2", "3", "4"] and env.tasks("train") == []
     check_text_env(env)

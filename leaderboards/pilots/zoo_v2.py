@@ -19,6 +19,7 @@ cached under ``--work`` so a later stage can be re-run with other settings:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import re
@@ -80,8 +81,6 @@ def copy_augmented(states: list, copies: int, seed: int) -> list:
     """Each state ``copies`` more times with its WebShop product ids (and, on the search page, half the words
     of its instruction) replaced by fresh random ones, the same in prompt and action: states that cannot be
     memorised, only answered by copying from the prompt."""
-    import dataclasses
-
     rng = random.Random(seed)
     words = sorted({w for s in states for m in s.context for w in m["content"].lower().split() if w.isalpha()})
     out = []
@@ -98,9 +97,9 @@ def copy_augmented(states: list, copies: int, seed: int) -> list:
             action = PRODUCT_ID.sub(new_id, s.expert_action)
             if action.startswith("search["):
                 query = action[len("search["):-1]
-                salad = " ".join(w if rng.random() < 0.5 else rng.choice(words) for w in query.split())
                 if not any(query in m["content"] for m in context):
                     continue
+                salad = " ".join(w if rng.random() < 0.5 else rng.choice(words) for w in query.split())
                 context = [{**m, "content": m["content"].replace(query, salad)} for m in context]
                 action = f"search[{salad}]"
             out.append(dataclasses.replace(s, context=context, expert_action=action))

@@ -35,7 +35,7 @@ import re
 from madopd_envs.webshop.engine import BACK_TO_SEARCH, BUY_NOW, NEXT_PAGE, PREV_PAGE, PRODUCT_WINDOW, Page, ShopEngine
 from madopd_envs.webshop.reward import MATCH_THRESHOLD, fuzzy, normalize_color
 
-_PRICE_CLAUSE = re.compile(r",? and price lower than [\d.]+ dollars\s*$")
+_PRICE_CLAUSE = re.compile(r",? and price lower than ([\d.]+) dollars\s*$")
 
 
 def instruction_query(instruction: str) -> str:
@@ -89,9 +89,6 @@ def expert_action(engine: ShopEngine) -> str | None:
     return f"click[{BUY_NOW.lower()}]"
 
 
-_PRICE_LIMIT = re.compile(r"price lower than ([\d.]+) dollars")
-
-
 def _named(value: str, text: str) -> bool:
     return re.search(rf"\b{re.escape(value)}\b", text) is not None
 
@@ -101,6 +98,7 @@ def shopper_action(engine: ShopEngine) -> str | None:
     target, options or price limit, only the instruction as the page shows it."""
     s = engine.s
     text = s.goal.instruction_text.lower()
+    limit = _PRICE_CLAUSE.search(s.goal.instruction_text)  # the limit as the instruction states it
     if s.page is Page.DONE:
         return None
     if s.page is Page.SEARCH:
@@ -108,10 +106,8 @@ def shopper_action(engine: ShopEngine) -> str | None:
     if s.page is Page.SUB:
         return f"click[{PREV_PAGE.lower()}]"
     if s.page is Page.RESULTS:
-        limit = _PRICE_LIMIT.search(text)
-        top = lambda p: max([float(x) for x in re.findall(r"\$([\d.]+)", p.price_tag)] or [0.0])  # noqa: E731
-        fits = [p for p in engine.page_products()
-                if p.asin not in s.visited and (limit is None or top(p) <= float(limit.group(1)))]
+        fits = [p for p in engine.page_products()  # the price tag's top (its range's high end)
+                if p.asin not in s.visited and (limit is None or max(p.pricing, default=0.0) <= float(limit.group(1)))]
         if fits:
             return f"click[{fits[0].asin.lower()}]"
         if engine.page_products():
